@@ -1,0 +1,285 @@
+"""Daemon configuration: the YAML/JSON schema, its validation, and path-qualified error messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+HEX_ID = re.compile(r"^[0-9a-f]{4}$")
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?$")
+PF_NAME = re.compile(r"^(?P<name>[^#\s/]+)(#(?P<ranges>.+))?$")
+RANGE_ITEM = re.compile(r"^(\d+)(-(\d+))?$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TLSConfig(StrictModel):
+    ca_file: Path = Field(alias="caFile")
+    cert_file: Path | None = Field(default=None, alias="certFile")
+    key_file: Path | None = Field(default=None, alias="keyFile")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile must be given together")
+        return self
+
+
+class HostAgentConfig(StrictModel):
+    endpoint: str = "unix:///var/run/xpu-host-agent/agent.sock"
+    tls: TLSConfig | None = None
+    rpc_timeout_seconds: float = Field(default=2.0, gt=0, le=300, alias="rpcTimeoutSeconds")
+    attach_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="attachTimeoutSeconds")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_shape(cls, value: str) -> str:
+        if value.startswith("unix://"):
+            if not value.removeprefix("unix://").startswith("/"):
+                raise ValueError("a unix endpoint needs an absolute path: unix:///path/to.sock")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be unix:///path or host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_only_on_tcp(self) -> HostAgentConfig:
+        if self.tls is not None and self.endpoint.startswith("unix://"):
+            raise ValueError("tls applies to host:port endpoints only, not unix sockets")
+        if self.attach_timeout_seconds < self.rpc_timeout_seconds:
+            raise ValueError("attachTimeoutSeconds must be at least rpcTimeoutSeconds")
+        return self
+
+
+def parse_ranges(text: str) -> frozenset[int]:
+    """Expand `0-3,7` into {0, 1, 2, 3, 7}."""
+    indexes: set[int] = set()
+    for item in text.split(","):
+        match = RANGE_ITEM.match(item.strip())
+        if not match:
+            raise ValueError(f"bad range {item!r}: use N or N-M, comma separated")
+        low = int(match.group(1))
+        high = int(match.group(3)) if match.group(3) else low
+        if high < low:
+            raise ValueError(f"bad range {item!r}: end is before start")
+        if high - low > 4096:
+            raise ValueError(f"bad range {item!r}: more than 4096 functions")
+        indexes.update(range(low, high + 1))
+    return frozenset(indexes)
+
+
+class PfNameSelector(BaseModel):
+    """One `pfNames` entry: a PF netdev name, optionally limited to function indexes."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    indexes: frozenset[int] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PfNameSelector:
+        match = PF_NAME.match(text)
+        if not match:
+            raise ValueError(f"bad pfNames entry {text!r}: use NAME or NAME#0-3,7")
+        ranges = match.group("ranges")
+        return cls(name=match.group("name"), indexes=parse_ranges(ranges) if ranges else None)
+
+
+def _lower_all(values: list[str], pattern: re.Pattern[str], what: str) -> list[str]:
+    lowered = [value.strip().lower().removeprefix("0x") for value in values]
+    for value in lowered:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not a {what}")
+    return lowered
+
+
+class Selector(StrictModel):
+    """Device filter; every field given must match (AND), any value within a field (OR)."""
+
+    vendors: list[str] | None = None
+    devices: list[str] | None = None
+    drivers: list[str] | None = None
+    pf_names: list[str] | None = Field(default=None, alias="pfNames")
+    pci_addresses: list[str] | None = Field(default=None, alias="pciAddresses")
+    root_devices: list[str] | None = Field(default=None, alias="rootDevices")
+    aux_types: list[str] | None = Field(default=None, alias="auxTypes")
+
+    @field_validator("vendors", "devices")
+    @classmethod
+    def _hex_ids(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _lower_all(values, HEX_ID, "4-digit hex ID")
+
+    @field_validator("pci_addresses", "root_devices")
+    @classmethod
+    def _pci(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        return _lower_all(values, PCI_ADDRESS, "PCI address like 0000:3b:02.1")
+
+    @field_validator("pf_names")
+    @classmethod
+    def _pf_names(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or []:
+            PfNameSelector.parse(value)
+        return values
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Selector:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("a selector needs at least one field (vendors, devices, ...)")
+        return self
+
+    @property
+    def pf_name_selectors(self) -> list[PfNameSelector]:
+        return [PfNameSelector.parse(value) for value in self.pf_names or []]
+
+
+class BridgePortConfig(StrictModel):
+    type: Literal["access", "trunk"] = "access"
+    logical_bridges: list[str] = Field(alias="logicalBridges", min_length=1)
+
+    @model_validator(mode="after")
+    def _access_has_one_bridge(self) -> BridgePortConfig:
+        if self.type == "access" and len(self.logical_bridges) != 1:
+            raise ValueError("an access port needs exactly one logical bridge")
+        if len(set(self.logical_bridges)) != len(self.logical_bridges):
+            raise ValueError("logicalBridges lists a bridge twice")
+        return self
+
+
+class ResourceConfig(StrictModel):
+    resource_name: str = Field(alias="resourceName", min_length=1, max_length=63)
+    resource_prefix: str | None = Field(default=None, alias="resourcePrefix")
+    device_type: Literal["netDevice", "auxNetDevice"] = Field(
+        default="netDevice", alias="deviceType"
+    )
+    selectors: list[Selector] = Field(min_length=1)
+    bridge_port: BridgePortConfig = Field(alias="bridgePort")
+    allocation_policy: Literal["spread", "pack"] = Field(default="spread", alias="allocationPolicy")
+
+    @field_validator("resource_name")
+    @classmethod
+    def _resource_name(cls, value: str) -> str:
+        if not RESOURCE_NAME.match(value):
+            raise ValueError("must be letters, digits, '-', '_' or '.', starting and ending alnum")
+        return value
+
+    @field_validator("resource_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not DNS_SUBDOMAIN.match(value):
+            raise ValueError("must be a DNS subdomain such as opi.io")
+        return value
+
+
+class Config(StrictModel):
+    host_agent: HostAgentConfig = Field(default_factory=HostAgentConfig, alias="hostAgent")
+    port_id_prefix: str = Field(default="", alias="portIdPrefix", max_length=20)
+    resource_prefix: str = Field(default="opi.io", alias="resourcePrefix")
+    rescan_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, alias="rescanIntervalSeconds"
+    )
+    resource_list: list[ResourceConfig] = Field(alias="resourceList", min_length=1)
+
+    @field_validator("port_id_prefix")
+    @classmethod
+    def _port_prefix(cls, value: str) -> str:
+        if not PORT_ID_PREFIX.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("resource_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not DNS_SUBDOMAIN.match(value) or value.endswith("kubernetes.io"):
+            raise ValueError("must be a DNS subdomain outside kubernetes.io, such as opi.io")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_resources(self) -> Config:
+        seen: set[str] = set()
+        for resource in self.resource_list:
+            full = self.full_resource_name(resource)
+            if full in seen:
+                raise ValueError(f"resource {full} is configured twice")
+            seen.add(full)
+        return self
+
+    def full_resource_name(self, resource: ResourceConfig) -> str:
+        return f"{resource.resource_prefix or self.resource_prefix}/{resource.resource_name}"
+
+
+def _location(loc: tuple[int | str, ...], raw: object) -> str:
+    """Render a pydantic error location as `resourceList[0].bridgePort.type`."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith(("function-", "literal[")) or item in {"list[str]", "str"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def _message(error: dict) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def validation_problems(error: ValidationError, raw: object) -> list[str]:
+    return [f"{_location(e['loc'], raw)}: {_message(e)}" for e in error.errors()]
+
+
+def parse_config(raw: object) -> Config:
+    """Validate an already-decoded document; raises ConfigError with one line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping with hostAgent, resourceList, ..."])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(validation_problems(error, raw)) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read a YAML or JSON file (JSON is YAML) and validate it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text"]) from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError([f"{path}: not valid YAML/JSON{line}: {_short(error)}"]) from None
+    return parse_config(raw)
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
