@@ -1,0 +1,163 @@
+"""The committed stubs match the .proto files, and the wire names/numbers match upstream."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+from pathlib import Path
+
+import pytest
+from google.protobuf.descriptor import FieldDescriptor as F
+
+from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
+from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
+from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_regeneration_changes_nothing(tmp_path: Path) -> None:
+    subprocess.run([str(ROOT / "scripts" / "gen-protos"), str(tmp_path)], check=True, timeout=120)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
+    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "opi_protos").rglob("*_pb2*.py*"))
+    assert generated == committed
+    stale = [str(p) for p in generated if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
+    assert not stale, f"run scripts/gen-protos: stale stubs {stale}"
+
+
+def fields(message) -> dict[str, tuple[int, int, bool]]:  # noqa: ANN001
+    return {f.name: (f.number, f.type, f.is_repeated) for f in message.DESCRIPTOR.fields}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            opi.BridgePort,
+            {
+                "name": (1, F.TYPE_STRING, False),
+                "spec": (2, F.TYPE_MESSAGE, False),
+                "status": (3, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            opi.BridgePortSpec,
+            {
+                "mac_address": (1, F.TYPE_BYTES, False),
+                "ptype": (2, F.TYPE_ENUM, False),
+                "logical_bridges": (3, F.TYPE_STRING, True),
+            },
+        ),
+        (
+            opi.BridgePortStatus,
+            {"oper_status": (1, F.TYPE_ENUM, False), "components": (2, F.TYPE_MESSAGE, True)},
+        ),
+        (
+            opi.CreateBridgePortRequest,
+            {
+                "bridge_port_id": (1, F.TYPE_STRING, False),
+                "bridge_port": (2, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            opi.DeleteBridgePortRequest,
+            {"name": (1, F.TYPE_STRING, False), "allow_missing": (2, F.TYPE_BOOL, False)},
+        ),
+        (
+            opi.ListBridgePortsRequest,
+            {"page_size": (1, F.TYPE_INT32, False), "page_token": (2, F.TYPE_STRING, False)},
+        ),
+        (
+            opi.ListBridgePortsResponse,
+            {
+                "bridge_ports": (1, F.TYPE_MESSAGE, True),
+                "next_page_token": (2, F.TYPE_STRING, False),
+            },
+        ),
+        (
+            opi.LogicalBridgeSpec,
+            {
+                "vlan_id": (1, F.TYPE_UINT32, False),
+                "vni": (2, F.TYPE_UINT32, False),
+                "vtep_ip_prefix": (3, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            dp.RegisterRequest,
+            {
+                "version": (1, F.TYPE_STRING, False),
+                "endpoint": (2, F.TYPE_STRING, False),
+                "resource_name": (3, F.TYPE_STRING, False),
+                "options": (4, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            dp.Device,
+            {
+                "ID": (1, F.TYPE_STRING, False),
+                "health": (2, F.TYPE_STRING, False),
+                "topology": (3, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            dp.ContainerPreferredAllocationRequest,
+            {
+                "available_deviceIDs": (1, F.TYPE_STRING, True),
+                "must_include_deviceIDs": (2, F.TYPE_STRING, True),
+                "allocation_size": (3, F.TYPE_INT32, False),
+            },
+        ),
+        (
+            dp.ContainerAllocateResponse,
+            {
+                "envs": (1, F.TYPE_MESSAGE, True),
+                "mounts": (2, F.TYPE_MESSAGE, True),
+                "devices": (3, F.TYPE_MESSAGE, True),
+                "annotations": (4, F.TYPE_MESSAGE, True),
+                "cdi_devices": (5, F.TYPE_MESSAGE, True),
+            },
+        ),
+        (
+            pr.ContainerDevices,
+            {
+                "resource_name": (1, F.TYPE_STRING, False),
+                "device_ids": (2, F.TYPE_STRING, True),
+                "topology": (3, F.TYPE_MESSAGE, False),
+            },
+        ),
+        (
+            pr.ContainerResources,
+            {
+                "name": (1, F.TYPE_STRING, False),
+                "devices": (2, F.TYPE_MESSAGE, True),
+                "cpu_ids": (3, F.TYPE_INT64, True),
+                "memory": (4, F.TYPE_MESSAGE, True),
+                "dynamic_resources": (5, F.TYPE_MESSAGE, True),
+            },
+        ),
+    ],
+)
+def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:  # noqa: ANN001
+    assert fields(message) == expected
+
+
+def test_service_and_enum_names() -> None:
+    services = {
+        s.full_name: [m.name for m in s.methods] for s in opi.DESCRIPTOR.services_by_name.values()
+    }
+    assert services["opi_api.network.evpn_gw.v1alpha1.BridgePortService"] == [
+        "CreateBridgePort",
+        "ListBridgePorts",
+        "GetBridgePort",
+        "DeleteBridgePort",
+        "UpdateBridgePort",
+    ]
+    assert dp.DESCRIPTOR.services_by_name["DevicePlugin"].full_name == "v1beta1.DevicePlugin"
+    assert dp.DESCRIPTOR.services_by_name["Registration"].full_name == "v1beta1.Registration"
+    assert [m.name for m in pr.DESCRIPTOR.services_by_name["PodResourcesLister"].methods] == [
+        "List",
+        "GetAllocatableResources",
+        "Get",
+    ]
+    assert opi.BP_OPER_STATUS_TO_BE_DELETED == 3 and opi.BRIDGE_PORT_TYPE_TRUNK == 2
+    assert opi.DESCRIPTOR.package == "opi_api.network.evpn_gw.v1alpha1"
