@@ -20,13 +20,16 @@ VALID: dict[str, Any] = {
         {
             "resourceName": "red",
             "selectors": [{"pfNames": ["ens1f0#0-7"]}],
-            "bridgePort": {"type": "access", "logicalBridges": ["//network.opiproject.org/bridges/red"]},
+            "bridgePort": {
+                "type": "access",
+                "logicalBridges": ["//network.opiproject.org/bridges/red"],
+            },
         }
     ],
 }
 
 
-def problems_of(mutate) -> list[str]:  # noqa: ANN001
+def problems_of(mutate) -> list[str]:
     raw = copy.deepcopy(VALID)
     mutate(raw)
     with pytest.raises(ConfigError) as caught:
@@ -44,7 +47,7 @@ def test_valid_config_has_defaults() -> None:
     assert pf.name == "ens1f0" and pf.indexes == frozenset(range(8))
 
 
-def _set(path: str, value: object):  # noqa: ANN202
+def _set(path: str, value: object):
     def mutate(raw: dict) -> None:
         keys = path.split(".")
         node = raw

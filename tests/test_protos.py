@@ -25,7 +25,7 @@ def test_regeneration_changes_nothing(tmp_path: Path) -> None:
     assert not stale, f"run scripts/gen-protos: stale stubs {stale}"
 
 
-def fields(message) -> dict[str, tuple[int, int, bool]]:  # noqa: ANN001
+def fields(message) -> dict[str, tuple[int, int, bool]]:
     return {f.name: (f.number, f.type, f.is_repeated) for f in message.DESCRIPTOR.fields}
 
 
@@ -137,7 +137,7 @@ def fields(message) -> dict[str, tuple[int, int, bool]]:  # noqa: ANN001
         ),
     ],
 )
-def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:  # noqa: ANN001
+def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
     assert fields(message) == expected
 
 
