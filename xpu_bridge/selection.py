@@ -1,0 +1,209 @@
+"""Pool selection: which configured resource pool each discovered device joins, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from xpu_bridge.config import Config, PfNameSelector, ResourceConfig, Selector
+from xpu_bridge.inventory import Device
+
+KIND_OF_DEVICE_TYPE = {"netDevice": "vf", "auxNetDevice": "sf"}
+_KIND_NAMES = {"vf": ("VFs", "a VF"), "sf": ("SFs", "an SF")}
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Pools keyed by full resource name (all configured ones, maybe empty), devices by id."""
+
+    pools: dict[str, tuple[Device, ...]]
+    unmatched: tuple[Device, ...]
+    conflicts: tuple[str, ...]
+
+
+def _shown(value: object) -> str:
+    return "(none)" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldCheck:
+    """One selector field that compares a device attribute with a set of accepted values."""
+
+    label: str
+    attribute: str
+    accepted: frozenset[str]
+    listed: tuple[str, ...]
+    vf_only: bool = False
+
+    def ok(self, device: Device) -> bool:
+        if self.vf_only and device.kind != "vf":
+            return False
+        return getattr(device, self.attribute) in self.accepted
+
+    def why(self, device: Device) -> str:
+        if self.vf_only and device.kind != "vf":
+            return f"{self.label} applies to VFs only"
+        value = _shown(getattr(device, self.attribute))
+        return f"{self.label} {value} not in [{', '.join(self.listed)}]"
+
+
+@dataclass(frozen=True, slots=True)
+class _PfNameCheck:
+    """`pfNames`: the parent PF's netdev name, optionally with a VF index / sfnum range."""
+
+    indexes_by_name: dict[str, tuple[frozenset[int] | None, ...]]
+    listed: tuple[str, ...]
+
+    @classmethod
+    def compile(cls, entries: list[str]) -> _PfNameCheck:
+        by_name: dict[str, list[frozenset[int] | None]] = {}
+        for entry in entries:
+            parsed = PfNameSelector.parse(entry)
+            by_name.setdefault(parsed.name, []).append(parsed.indexes)
+        return cls({name: tuple(sets) for name, sets in by_name.items()}, tuple(entries))
+
+    def ok(self, device: Device) -> bool:
+        if device.pf_name is None:
+            return False
+        sets = self.indexes_by_name.get(device.pf_name, ())
+        return any(indexes is None or device.index in indexes for indexes in sets)
+
+    def why(self, device: Device) -> str:
+        what = "sfnum" if device.kind == "sf" else "VF index"
+        return (
+            f"pf {_shown(device.pf_name)} {what} {device.index} "
+            f"not in pfNames [{', '.join(self.listed)}]"
+        )
+
+
+_Check = _FieldCheck | _PfNameCheck
+
+
+def _field_checks(selector: Selector) -> list[_Check]:
+    fields: list[tuple[list[str] | None, str, str, bool]] = [
+        (selector.vendors, "vendor", "vendor", False),
+        (selector.devices, "device", "device_code", False),
+        (selector.drivers, "driver", "driver", False),
+        (selector.pci_addresses, "PCI address", "pci_address", True),
+        (selector.root_devices, "root device", "pf_address", False),
+        (selector.aux_types, "aux type", "aux_type", False),
+    ]
+    checks: list[_Check] = [
+        _FieldCheck(label, attribute, frozenset(values), tuple(values), vf_only)
+        for values, label, attribute, vf_only in fields
+        if values is not None
+    ]
+    if selector.pf_names is not None:
+        checks.append(_PfNameCheck.compile(selector.pf_names))
+    return checks
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledSelector:
+    """All fields must match (AND); within a field any listed value does (OR)."""
+
+    checks: tuple[_Check, ...]
+
+    def ok(self, device: Device) -> bool:
+        return all(check.ok(device) for check in self.checks)
+
+    def why(self, device: Device) -> str:
+        return " and ".join(check.why(device) for check in self.checks if not check.ok(device))
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    name: str
+    position: int
+    device_type: str
+    kind: str
+    selectors: tuple[_CompiledSelector, ...]
+
+    @classmethod
+    def compile(cls, config: Config, position: int, resource: ResourceConfig) -> _Pool:
+        selectors = tuple(_CompiledSelector(tuple(_field_checks(s))) for s in resource.selectors)
+        return cls(
+            name=config.full_resource_name(resource),
+            position=position,
+            device_type=resource.device_type,
+            kind=KIND_OF_DEVICE_TYPE[resource.device_type],
+            selectors=selectors,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (resourceList[{self.position}])"
+
+    def matches(self, device: Device) -> bool:
+        """Any selector matching is enough."""
+        return device.kind == self.kind and any(s.ok(device) for s in self.selectors)
+
+    def why_not(self, device: Device) -> str:
+        if device.kind != self.kind:
+            takes, is_a = _KIND_NAMES[self.kind][0], _KIND_NAMES[device.kind][1]
+            return f"takes {self.device_type} ({takes}), {device.id} is {is_a}"
+        if len(self.selectors) == 1:
+            return self.selectors[0].why(device)
+        return ", ".join(f"selectors[{i}] {s.why(device)}" for i, s in enumerate(self.selectors))
+
+
+def _listing(pools: list[_Pool]) -> str:
+    labels = [pool.label for pool in pools]
+    if len(labels) == 2:
+        return f"both {labels[0]} and {labels[1]}"
+    return ", ".join(labels[:-1]) + f" and {labels[-1]}"
+
+
+class PoolMatcher:
+    """A config's pools compiled once, so matching thousands of devices stays cheap."""
+
+    def __init__(self, config: Config) -> None:
+        self.pools = tuple(
+            _Pool.compile(config, position, resource)
+            for position, resource in enumerate(config.resource_list)
+        )
+
+    def matching(self, device: Device) -> list[_Pool]:
+        return [pool for pool in self.pools if pool.matches(device)]
+
+    def assign(self, devices: Iterable[Device]) -> Assignment:
+        """First matching pool wins; a device matching several is also reported as a conflict."""
+        pools: dict[str, list[Device]] = {pool.name: [] for pool in self.pools}
+        unmatched: list[Device] = []
+        conflicts: list[str] = []
+        for device in sorted(devices, key=lambda device: device.id):
+            matching = self.matching(device)
+            if not matching:
+                unmatched.append(device)
+                continue
+            pools[matching[0].name].append(device)
+            if len(matching) > 1:
+                conflicts.append(
+                    f"device {device.id} matches {_listing(matching)}; "
+                    f"it joins {matching[0].name} (first match wins)"
+                )
+        return Assignment(
+            pools={name: tuple(members) for name, members in pools.items()},
+            unmatched=tuple(unmatched),
+            conflicts=tuple(conflicts),
+        )
+
+    def explain(self, device: Device) -> str:
+        """One line for operators: the pool a device joins, or each pool's reason to refuse it."""
+        matching = self.matching(device)
+        if not matching:
+            reasons = "; ".join(f"{pool.label}: {pool.why_not(device)}" for pool in self.pools)
+            return f"{device.id} joins no pool: {reasons}"
+        line = f"{device.id} joins {matching[0].label}"
+        if len(matching) > 1:
+            others = ", ".join(pool.label for pool in matching[1:])
+            line += f"; it also matches {others} (conflict, first match wins)"
+        return line
+
+
+def assign(config: Config, devices: Iterable[Device]) -> Assignment:
+    return PoolMatcher(config).assign(devices)
+
+
+def explain(config: Config, device: Device) -> str:
+    return PoolMatcher(config).explain(device)
