@@ -1,0 +1,171 @@
+"""Allocate for one pool: attach every requested device's port, roll back on failure, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from xpu_bridge.devinfo import DevInfoError, DevInfoStore
+from xpu_bridge.identity import mac_text
+from xpu_bridge.pool import DevicePool, PoolDevice
+from xpu_bridge.ports import Attachment, PortAttacher, PortError
+
+log = logging.getLogger(__name__)
+
+VFIO_CONTROL = "/dev/vfio/vfio"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNode:
+    """A host device node the container gets (kubelet DeviceSpec)."""
+
+    container_path: str
+    host_path: str
+    permissions: str = "rw"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerAllocation:
+    envs: dict[str, str]
+    device_nodes: tuple[DeviceNode, ...]
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+class UnknownDevice(Exception):
+    """The kubelet asked for IDs this pool does not have; nothing was touched."""
+
+
+class AllocationError(Exception):
+    """Attaching failed; every port this call created has been removed again."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class Allocator:
+    """Turns device IDs into attached ports plus the container's env, devices and files."""
+
+    def __init__(self, pool: DevicePool, attacher: PortAttacher, devinfo: DevInfoStore) -> None:
+        self.pool = pool
+        self._attacher = attacher
+        self._devinfo = devinfo
+        self.attached_at: dict[str, float] = {}
+
+    def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
+        unknown = sorted({i for ids in containers for i in ids if self.pool.get(i) is None})
+        if unknown:
+            raise UnknownDevice(
+                f"unknown device(s) {', '.join(unknown)} for {self.pool.resource_name}: "
+                "not in this pool (was it removed from the node or the config?)"
+            )
+        return [[self.pool.get(i) for i in dict.fromkeys(ids)] for ids in containers]  # type: ignore[misc]
+
+    async def allocate(self, containers: list[list[str]]) -> list[ContainerAllocation]:
+        """All containers of one kubelet request succeed together or not at all."""
+        resolved = self.resolve(containers)
+        wanted = list({entry.id: entry for ids in resolved for entry in ids}.values())
+        attachments = await self._attach_all(wanted)
+        try:
+            for entry in wanted:
+                self._devinfo.write(self.pool.resource_name, entry.device)
+        except DevInfoError as error:
+            await self._roll_back(wanted, attachments)
+            raise AllocationError(str(error)) from None
+        now = time.monotonic()
+        for entry in wanted:
+            self.attached_at[entry.id] = now
+        return [self._answer(ids, attachments) for ids in resolved]
+
+    async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:
+        results = await asyncio.gather(
+            *(self._attacher.ensure_port(entry.spec) for entry in wanted),
+            return_exceptions=True,
+        )
+        attachments = {
+            entry.id: result
+            for entry, result in zip(wanted, results, strict=True)
+            if isinstance(result, Attachment)
+        }
+        failures = [
+            (entry, result)
+            for entry, result in zip(wanted, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if not failures:
+            return attachments
+        await self._roll_back(wanted, attachments)
+        for entry, error in failures:
+            if not isinstance(error, PortError | asyncio.CancelledError):
+                log.error("device %s: unexpected attach error", entry.id, exc_info=error)
+        raise AllocationError(
+            "; ".join(f"device {entry.id}: {_cause(error)}" for entry, error in failures),
+            unreachable=all(getattr(error, "unreachable", False) for _, error in failures),
+        )
+
+    async def _roll_back(
+        self, wanted: list[PoolDevice], attachments: dict[str, Attachment]
+    ) -> None:
+        """Remove only what this call created: a port an earlier container holds stays."""
+        for entry in wanted:
+            attachment = attachments.get(entry.id)
+            if attachment is None or not attachment.created:
+                continue
+            try:
+                await self._attacher.delete_port(attachment.port.name)
+                self._devinfo.remove(self.pool.resource_name, entry.id)
+            except (PortError, DevInfoError) as error:
+                log.error(
+                    "device %s: rollback could not delete port %s: %s (the reconciler will retry)",
+                    entry.id,
+                    attachment.port.name,
+                    error,
+                )
+
+    def _answer(
+        self, entries: list[PoolDevice], attachments: dict[str, Attachment]
+    ) -> ContainerAllocation:
+        info = {entry.id: self._info(entry, attachments[entry.id]) for entry in entries}
+        return ContainerAllocation(
+            envs={
+                self.pool.env_name: ",".join(entry.id for entry in entries),
+                f"{self.pool.env_name}_INFO": json.dumps(info, separators=(",", ":")),
+            },
+            device_nodes=tuple(
+                dict.fromkeys(node for entry in entries for node in _device_nodes(entry))
+            ),
+        )
+
+    @staticmethod
+    def _info(entry: PoolDevice, attachment: Attachment) -> dict[str, object]:
+        device = entry.device
+        info: dict[str, object] = {
+            "generic": {"deviceID": device.id},
+            "xpu": {
+                "bridgePort": attachment.port.name,
+                "mac": mac_text(entry.spec.mac),
+                "logicalBridges": list(entry.spec.logical_bridges),
+            },
+        }
+        if device.driver == "vfio-pci" and device.iommu_group:
+            info["vfio"] = {"mount": VFIO_CONTROL, "dev-mount": f"/dev/vfio/{device.iommu_group}"}
+        return info
+
+
+def _device_nodes(entry: PoolDevice) -> list[DeviceNode]:
+    device = entry.device
+    if device.driver != "vfio-pci" or not device.iommu_group:
+        return []
+    group = f"/dev/vfio/{device.iommu_group}"
+    return [DeviceNode(VFIO_CONTROL, VFIO_CONTROL), DeviceNode(group, group)]
+
+
+def _cause(error: BaseException) -> str:
+    if isinstance(error, PortError):
+        return str(error)
+    if isinstance(error, asyncio.CancelledError):
+        return "attach was cancelled"
+    return f"internal error: {type(error).__name__}: {error}"

@@ -1,0 +1,62 @@
+"""Device-info files (device-info-spec 1.1.0) that tell CNIs which device a pod got."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from xpu_bridge.inventory import Device
+
+SPEC_VERSION = "1.1.0"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+class DevInfoError(Exception):
+    """A device-info file could not be written or would land outside --devinfo-dir."""
+
+
+def device_info(device: Device) -> dict[str, object]:
+    if device.kind == "sf":
+        return {
+            "type": "auxiliary",
+            "version": SPEC_VERSION,
+            "auxiliary": {"device-id": device.id, "pf-pci-address": device.pf_address},
+        }
+    return {
+        "type": "pci",
+        "version": SPEC_VERSION,
+        "pci": {"pci-address": device.pci_address, "pf-pci-address": device.pf_address},
+    }
+
+
+class DevInfoStore:
+    """Writes and removes one file per allocated device, never outside its directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, resource_name: str, device_id: str) -> Path:
+        name = f"{resource_name.replace('/', '-')}-{device_id.replace('/', '-')}-device.json"
+        if not SAFE_NAME.match(name) or ".." in name:
+            raise DevInfoError(f"device {device_id}: unsafe device-info file name {name!r}")
+        return self.root / name
+
+    def write(self, resource_name: str, device: Device) -> Path:
+        """Atomic replace, so a CNI never reads half a file."""
+        path = self.path_for(resource_name, device.id)
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(device_info(device), separators=(",", ":")))
+            os.chmod(temporary, 0o444)
+            os.replace(temporary, path)
+        except OSError as error:
+            raise DevInfoError(
+                f"device {device.id}: cannot write device-info file {path}: {error.strerror}"
+            ) from None
+        return path
+
+    def remove(self, resource_name: str, device_id: str) -> None:
+        self.path_for(resource_name, device_id).unlink(missing_ok=True)

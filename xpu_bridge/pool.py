@@ -1,0 +1,159 @@
+"""Device pools: one per resource, holding its devices, their health, and the preferred pick."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from xpu_bridge.config import ResourceConfig
+from xpu_bridge.identity import PortKey, mac_bytes, port_id_for
+from xpu_bridge.inventory import Device
+from xpu_bridge.ports import PortSpec
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDevice:
+    """A device with everything Allocate needs precomputed, so Allocate reads nothing."""
+
+    device: Device
+    spec: PortSpec
+
+    @property
+    def id(self) -> str:
+        return self.device.id
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One ListAndWatch entry."""
+
+    id: str
+    health: str
+    numa_node: int | None
+
+
+def port_key(device: Device) -> PortKey:
+    if device.kind == "sf":
+        return PortKey("sf", device.pf_address, device.index)
+    return PortKey("vf", device.pci_address)
+
+
+def port_spec(device: Device, resource: ResourceConfig, prefix: str) -> PortSpec:
+    port_id = port_id_for(port_key(device), prefix)
+    return PortSpec(
+        port_id=port_id,
+        mac=mac_bytes(device.mac, port_id),
+        ptype=resource.bridge_port.type,
+        logical_bridges=tuple(resource.bridge_port.logical_bridges),
+    )
+
+
+def env_name(resource_name: str) -> str:
+    """`opi.io/red` -> `PCIDEVICE_OPI_IO_RED`, as sriov-network-device-plugin names it."""
+    return "PCIDEVICE_" + re.sub(r"[./-]", "_", resource_name).upper()
+
+
+class DevicePool:
+    """The devices of one extended resource; watchers see every change as a new full list."""
+
+    def __init__(self, resource_name: str, resource: ResourceConfig, port_id_prefix: str) -> None:
+        self.resource_name = resource_name
+        self.resource = resource
+        self.env_name = env_name(resource_name)
+        self._prefix = port_id_prefix
+        self._devices: dict[str, PoolDevice] = {}
+        self._unhealthy: dict[str, str] = {}
+        self._version = 0
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def get(self, device_id: str) -> PoolDevice | None:
+        return self._devices.get(device_id)
+
+    def devices(self) -> list[PoolDevice]:
+        return list(self._devices.values())
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    async def wake_watchers(self) -> None:
+        await self._bump()
+
+    async def replace_devices(self, devices: Iterable[Device]) -> bool:
+        """Install a rescan's result; returns whether the device set changed."""
+        fresh = {
+            device.id: PoolDevice(device, port_spec(device, self.resource, self._prefix))
+            for device in devices
+        }
+        if fresh == self._devices:
+            return False
+        self._devices = dict(sorted(fresh.items()))
+        await self._bump()
+        return True
+
+    async def set_health(self, unhealthy: dict[str, str]) -> bool:
+        """Mark exactly these devices Unhealthy (value: why); returns whether anything flipped."""
+        if unhealthy == self._unhealthy:
+            return False
+        self._unhealthy = dict(unhealthy)
+        await self._bump()
+        return True
+
+    def unhealthy_reason(self, device_id: str) -> str | None:
+        return self._unhealthy.get(device_id)
+
+    def snapshot(self) -> list[DeviceView]:
+        return [
+            DeviceView(
+                id=entry.id,
+                health=UNHEALTHY if entry.id in self._unhealthy else HEALTHY,
+                numa_node=entry.device.numa_node,
+            )
+            for entry in self._devices.values()
+        ]
+
+    async def watch(self) -> AsyncIterator[list[DeviceView]]:
+        """The full list now, then again after every change; ends when the caller stops."""
+        seen = -1
+        while True:
+            async with self._changed:
+                while self._version == seen:
+                    await self._changed.wait()
+                seen = self._version
+            yield self.snapshot()
+
+    def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
+        """Pick `size` devices: must_include first, then spread across PFs (or pack onto one)."""
+        chosen = list(dict.fromkeys(must_include))[:size]
+        per_pf: dict[str, int] = defaultdict(int)
+        for device_id in chosen:
+            per_pf[self._pf_of(device_id)] += 1
+        by_pf: dict[str, list[str]] = defaultdict(list)
+        for device_id in sorted(set(available) - set(chosen)):
+            by_pf[self._pf_of(device_id)].append(device_id)
+        pack = self.resource.allocation_policy == "pack"
+        while len(chosen) < size and by_pf:
+            pf = min(by_pf, key=lambda p: self._pf_rank(p, per_pf[p], len(by_pf[p]), pack))
+            chosen.append(by_pf[pf].pop(0))
+            per_pf[pf] += 1
+            if not by_pf[pf]:
+                del by_pf[pf]
+        return chosen
+
+    @staticmethod
+    def _pf_rank(pf: str, used: int, left: int, pack: bool) -> tuple[int, int, str]:
+        return (-used, -left, pf) if pack else (used, -left, pf)
+
+    def _pf_of(self, device_id: str) -> str:
+        entry = self._devices.get(device_id)
+        return entry.device.pf_address if entry else ""
