@@ -514,6 +514,18 @@ class SimKubelet:
                 await ep.task
         await ep.channel.close()
 
+    async def drop_stream(self, resource: str) -> None:
+        """The connection to a plugin broke: its ListAndWatch ends and, as upstream, the
+        kubelet marks the resource unhealthy and waits for the plugin to register again."""
+        ep = self._endpoints.get(resource)
+        if ep is None:
+            raise KeyError(resource)
+        if ep.task is not None:
+            ep.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ep.task
+        await ep.channel.close()
+
     # ------------------------------------------------------------ admission
 
     async def admit_pod(

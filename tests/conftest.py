@@ -1,0 +1,5 @@
+"""Shared fixtures: a short temporary root and a whole simulated node (see simnode.py)."""
+
+from simnode import node, short_root
+
+__all__ = ["node", "short_root"]

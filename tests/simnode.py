@@ -1,0 +1,178 @@
+"""A simulated node for integration tests: fake sysfs, simulated agent and kubelet, the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
+from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as opi_grpc
+from xpu_bridge.config import Config, parse_config
+from xpu_bridge.daemon import Daemon, DaemonOptions
+from xpu_bridge.sim.host_agent import SimHostAgent
+from xpu_bridge.sim.kubelet import SimKubelet
+from xpu_bridge.sim.sysfs import FakeSysfs, build_node
+
+BRIDGES = "//network.opiproject.org/bridges/"
+RED = "opi.io/red"
+BLUE = "opi.io/blue"
+GREEN = "opi.io/green"
+
+
+def node_config(root: Path, **overrides: Any) -> dict[str, Any]:
+    """red: VFs on both PFs (access), blue: the rest of ens1f1 (trunk), green: SFs."""
+    raw: dict[str, Any] = {
+        "hostAgent": {
+            "endpoint": f"unix://{root}/agent.sock",
+            "rpcTimeoutSeconds": 1,
+            "attachTimeoutSeconds": 3,
+        },
+        "resourceList": [
+            {
+                "resourceName": "red",
+                "selectors": [{"pfNames": ["ens1f0", "ens1f1#0-3"]}],
+                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "red"]},
+            },
+            {
+                "resourceName": "blue",
+                "selectors": [{"pfNames": ["ens1f1#4-15"]}],
+                "bridgePort": {
+                    "type": "trunk",
+                    "logicalBridges": [BRIDGES + "blue-a", BRIDGES + "blue-b"],
+                },
+            },
+            {
+                "resourceName": "green",
+                "deviceType": "auxNetDevice",
+                "selectors": [{"auxTypes": ["sf"]}],
+                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "green"]},
+            },
+        ],
+    }
+    raw.update(overrides)
+    return raw
+
+
+@dataclass
+class Node:
+    """Everything one simulated node has; the daemon runs in-process over real sockets."""
+
+    root: Path
+    sysfs: FakeSysfs
+    agent: SimHostAgent
+    kubelet: SimKubelet
+    raw_config: dict[str, Any]
+    daemon: Daemon | None = None
+    _daemons: list[Daemon] = field(default_factory=list)
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.root / "dp"
+
+    @property
+    def devinfo_dir(self) -> Path:
+        return self.root / "devinfo"
+
+    @property
+    def config(self) -> Config:
+        return parse_config(self.raw_config)
+
+    def options(self) -> DaemonOptions:
+        return DaemonOptions(
+            config=self.config,
+            kubelet_dir=self.kubelet_dir,
+            pod_resources_socket=self.root / "pr.sock",
+            sysfs_root=self.root / "sys",
+            devinfo_dir=self.devinfo_dir,
+            registration_poll_seconds=0.05,
+        )
+
+    async def start_daemon(self, wait: bool = True) -> Daemon:
+        daemon = Daemon(self.options())
+        await daemon.start()
+        self.daemon = daemon
+        self._daemons.append(daemon)
+        if wait:
+            for resource in (RED, BLUE, GREEN):
+                await self.kubelet.wait_registered(resource, timeout=20)
+                await self.kubelet.wait_for_devices(resource, timeout=20)
+        return daemon
+
+    async def stop_daemon(self) -> None:
+        if self.daemon is not None:
+            await self.daemon.stop()
+            self._daemons.remove(self.daemon)
+            self.daemon = None
+
+    async def agent_client_create(self, port_id: str, mac: bytes, bridge: str) -> opi.BridgePort:
+        """Create a port out of band, as another tool or operator would, over gRPC."""
+        async with grpc.aio.insecure_channel(self.agent.target) as channel:
+            return await opi_grpc.BridgePortServiceStub(channel).CreateBridgePort(
+                opi.CreateBridgePortRequest(
+                    bridge_port_id=port_id,
+                    bridge_port=opi.BridgePort(
+                        spec=opi.BridgePortSpec(
+                            mac_address=mac,
+                            ptype=opi.BRIDGE_PORT_TYPE_ACCESS,
+                            logical_bridges=[bridge],
+                        )
+                    ),
+                )
+            )
+
+    async def agent_client_delete(self, name: str) -> None:
+        async with grpc.aio.insecure_channel(self.agent.target) as channel:
+            await opi_grpc.BridgePortServiceStub(channel).DeleteBridgePort(
+                opi.DeleteBridgePortRequest(name=name, allow_missing=True)
+            )
+
+    async def close(self) -> None:
+        for daemon in self._daemons:
+            await daemon.stop()
+        await self.kubelet.stop()
+        await self.agent.stop()
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """Unix socket paths must stay under ~100 characters; pytest's tmp_path may not."""
+    root = Path(tempfile.mkdtemp(prefix="xb-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def node(short_root: Path) -> AsyncIterator[Node]:
+    sysfs = build_node(short_root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
+    agent = SimHostAgent(
+        [BRIDGES + name for name in ("red", "blue-a", "blue-b", "green")],
+        up_delay=0.01,
+        delete_delay=0.01,
+        seed=7,
+    )
+    await agent.start(f"unix://{short_root}/agent.sock")
+    kubelet = SimKubelet(short_root / "dp", short_root / "pr.sock")
+    await kubelet.start()
+    created = Node(short_root, sysfs, agent, kubelet, node_config(short_root))
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll until predicate() is true; generous timeouts, since CI machines are noisy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

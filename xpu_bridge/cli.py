@@ -1,0 +1,178 @@
+"""Command line: `run`, `check-config`, and commands that other packages contribute."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import NoReturn
+
+from xpu_bridge.config import Config, ConfigError, load_config
+from xpu_bridge.daemon import Daemon, DaemonOptions, StartupError
+
+log = logging.getLogger("xpu_bridge")
+
+COMMAND_GROUP = "xpu_bridge.commands"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the argument, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def existing_dir(flag: str, value: Path) -> Path:
+    if not value.is_dir():
+        raise UsageError(f"{flag}: {value} is not a directory")
+    return value
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def add_daemon_paths(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubelet-dir", type=Path, default=Path("/var/lib/kubelet/device-plugins"))
+    parser.add_argument(
+        "--pod-resources-socket",
+        type=Path,
+        default=Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+    )
+    parser.add_argument("--sysfs-root", type=Path, default=Path("/sys"))
+    parser.add_argument(
+        "--devinfo-dir", type=Path, default=Path("/var/run/k8s.cni.cncf.io/devinfo/dp")
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="xpu-bridge", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = commands.add_parser("run", help="run the node daemon")
+    run.add_argument("--config", type=Path, required=True)
+    add_daemon_paths(run)
+    run.set_defaults(handler=run_command)
+
+    check = commands.add_parser("check-config", help="validate a config (and what it selects)")
+    check.add_argument("--config", type=Path, required=True)
+    check.add_argument("--sysfs-root", type=Path, default=None)
+    check.set_defaults(handler=check_config_command)
+
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(commands)
+    return parser
+
+
+def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
+    return DaemonOptions(
+        config=config,
+        kubelet_dir=args.kubelet_dir,
+        pod_resources_socket=args.pod_resources_socket,
+        sysfs_root=existing_dir("--sysfs-root", args.sysfs_root),
+        devinfo_dir=args.devinfo_dir,
+    )
+
+
+async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
+    """Start, serve until `stop` is set, then shut down cleanly."""
+    daemon = Daemon(options)
+    try:
+        await daemon.start()
+        log.info("xpu-bridge is serving %d pool(s)", len(daemon.pools))
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await daemon.stop()
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    await run_daemon(daemon_options(args, config), stop_on_signals())
+    return EXIT_OK
+
+
+async def check_config_command(args: argparse.Namespace) -> int:
+    from xpu_bridge.inventory import discover
+    from xpu_bridge.selection import assign
+
+    config = load_config(args.config)
+    if args.sysfs_root is None:
+        for resource in config.resource_list:
+            print(f"{config.full_resource_name(resource)}: {_describe(resource)}")
+        return EXIT_OK
+    inventory = discover(existing_dir("--sysfs-root", args.sysfs_root))
+    assignment = assign(config, inventory.devices)
+    if assignment.conflicts:
+        for conflict in assignment.conflicts:
+            print(f"resourceList: {conflict}")
+        return EXIT_USAGE
+    for resource in config.resource_list:
+        name = config.full_resource_name(resource)
+        count = len(assignment.pools.get(name, ()))
+        print(f"{name}: {count} device(s), {_describe(resource)}")
+    print(f"unmatched: {len(assignment.unmatched)} device(s)")
+    return EXIT_OK
+
+
+def _describe(resource) -> str:
+    bridge = resource.bridge_port
+    return f"{resource.device_type}, {bridge.type} port on {', '.join(bridge.logical_bridges)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"xpu-bridge: config {getattr(args, 'config', '')}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except StartupError as error:
+        for problem in error.problems:
+            print(f"xpu-bridge: cannot start: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    except UsageError as error:
+        print(f"xpu-bridge: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,165 @@
+"""The node daemon: wires discovery, pools, the OPI client and the kubelet side, and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from xpu_bridge.allocator import Allocator
+from xpu_bridge.config import Config
+from xpu_bridge.devinfo import DevInfoStore
+from xpu_bridge.inventory import discover
+from xpu_bridge.opi_client import BridgePortClient
+from xpu_bridge.plugin_server import DevicePluginService, PluginEndpoint
+from xpu_bridge.pool import DevicePool
+from xpu_bridge.ports import PortError
+from xpu_bridge.registration import KubeletRegistrar
+from xpu_bridge.selection import Assignment, assign
+
+log = logging.getLogger(__name__)
+
+BRIDGE_CHECK_RETRY = 2.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; `problems` has one line per reason, for the operator."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    config: Config
+    kubelet_dir: Path = Path("/var/lib/kubelet/device-plugins")
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    sysfs_root: Path = Path("/sys")
+    devinfo_dir: Path = Path("/var/run/k8s.cni.cncf.io/devinfo/dp")
+    registration_poll_seconds: float = 0.1
+
+
+class Daemon:
+    """Start-up order matters: pools and sockets exist before the kubelet hears of them."""
+
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.config = options.config
+        self.client = BridgePortClient(self.config.host_agent)
+        self.devinfo = DevInfoStore(options.devinfo_dir)
+        self.pools: dict[str, DevicePool] = {}
+        self.allocators: dict[str, Allocator] = {}
+        self.endpoints: list[PluginEndpoint] = []
+        self.registrar: KubeletRegistrar | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_conflicts: tuple[str, ...] = ()
+
+    async def start(self) -> None:
+        assignment = await self._scan()
+        if assignment.conflicts:
+            raise StartupError(list(assignment.conflicts))
+        await self._check_logical_bridges()
+        self.options.kubelet_dir.mkdir(parents=True, exist_ok=True)
+        for resource in self.config.resource_list:
+            await self._add_pool(self.config.full_resource_name(resource), resource, assignment)
+        for endpoint in self.endpoints:
+            await endpoint.start()
+        self.registrar = KubeletRegistrar(
+            self.options.kubelet_dir, self.endpoints, self.options.registration_poll_seconds
+        )
+        self._tasks = [
+            asyncio.create_task(self.registrar.run(), name="registrar"),
+            asyncio.create_task(self._rescan_forever(), name="rescan"),
+        ]
+
+    async def _add_pool(self, name: str, resource, assignment: Assignment) -> None:
+        pool = DevicePool(name, resource, self.config.port_id_prefix)
+        await pool.replace_devices(assignment.pools.get(name, ()))
+        allocator = Allocator(pool, self.client, self.devinfo)
+        service = DevicePluginService(pool, allocator, lambda: self._stream_lost(name))
+        self.pools[name] = pool
+        self.allocators[name] = allocator
+        self.endpoints.append(PluginEndpoint(service, self.options.kubelet_dir))
+        log.info("pool %s: %d device(s)", name, len(pool))
+
+    def _stream_lost(self, name: str) -> None:
+        if self.registrar is None:
+            return
+        endpoint = next(e for e in self.endpoints if e.resource_name == name)
+        self.registrar.stream_lost(name, lambda: endpoint.service.active_streams)
+
+    async def _scan(self) -> Assignment:
+        inventory = await asyncio.to_thread(discover, self.options.sysfs_root)
+        for problem in inventory.problems:
+            log.warning("sysfs: %s", problem)
+        return assign(self.config, inventory.devices)
+
+    async def _check_logical_bridges(self) -> None:
+        """Missing bridges are a configuration error; an unreachable agent is waited for."""
+        names = sorted(
+            {b for r in self.config.resource_list for b in r.bridge_port.logical_bridges}
+        )
+        while True:
+            try:
+                missing = await self.client.missing_logical_bridges(names)
+            except PortError as error:
+                log.error(
+                    "host agent %s not usable yet (%s); retrying in %.0fs",
+                    self.client.endpoint,
+                    error,
+                    BRIDGE_CHECK_RETRY,
+                )
+                await asyncio.sleep(BRIDGE_CHECK_RETRY)
+                continue
+            if missing:
+                raise StartupError(
+                    [
+                        f"logical bridge {name} does not exist on the host agent "
+                        f"{self.client.endpoint}: create it there or fix "
+                        "resourceList[].bridgePort.logicalBridges"
+                        for name in missing
+                    ]
+                )
+            return
+
+    async def rescan(self) -> None:
+        """Pick up devices that appeared or vanished; ListAndWatch follows by itself."""
+        assignment = await self._scan()
+        if assignment.conflicts != self._last_conflicts:
+            for conflict in assignment.conflicts:
+                log.error("config: %s; it stays in the first pool", conflict)
+            self._last_conflicts = assignment.conflicts
+        for name, pool in self.pools.items():
+            before = {entry.id for entry in pool.devices()}
+            if await pool.replace_devices(assignment.pools.get(name, ())):
+                after = {entry.id for entry in pool.devices()}
+                log.info(
+                    "pool %s: +%s -%s",
+                    name,
+                    sorted(after - before) or "[]",
+                    sorted(before - after) or "[]",
+                )
+
+    async def _rescan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.rescan_interval_seconds)
+            try:
+                await self.rescan()
+            except Exception:
+                log.exception(
+                    "rescan of %s failed; keeping the last device list", self.options.sysfs_root
+                )
+
+    async def stop(self) -> None:
+        """Stop serving and remove our sockets; ports stay attached for running pods."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await asyncio.gather(*(endpoint.stop(grace=0.5) for endpoint in self.endpoints))
+        await self.client.close()
