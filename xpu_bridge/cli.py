@@ -68,7 +68,10 @@ def add_daemon_paths(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="xpu-bridge", description=__doc__)
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (warning for simulate)",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -154,7 +157,7 @@ def _describe(resource) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or getattr(args, "log_level_default", "info"))
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))

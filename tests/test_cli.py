@@ -1,0 +1,157 @@
+"""The commands as a user runs them: own processes, real sockets, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from simnode import RED, Node, eventually
+
+from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.sim.kubelet import Container
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "xpu_bridge.cli"]
+
+
+def test_simulate_prints_the_table_and_exits_zero() -> None:
+    result = subprocess.run(
+        [*CLI, "simulate"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("POD"))
+    for column in ("CONTAINER", "DEVICE", "PCI", "MAC", "XPU PORT", "STATE"):
+        assert column in header
+    table = lines[lines.index(header) + 1 :]
+    assert any(line.startswith("web-2") and "vf-0000-3b-" in line for line in table)
+    assert any(line.startswith("edge-1") and "sf-0000-3b-00-0-" in line for line in table)
+    assert "pod greedy: admission failed" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def write_config(node: Node) -> Path:
+    path = node.root / "config.yaml"
+    path.write_text(yaml.safe_dump(node.raw_config))
+    return path
+
+
+def run_args(node: Node, config: Path) -> list[str]:
+    return [
+        *CLI,
+        "run",
+        "--config",
+        str(config),
+        "--kubelet-dir",
+        str(node.kubelet_dir),
+        "--pod-resources-socket",
+        str(node.root / "pr.sock"),
+        "--sysfs-root",
+        str(node.root / "sys"),
+        "--devinfo-dir",
+        str(node.devinfo_dir),
+    ]
+
+
+async def test_run_serves_the_kubelet_and_sigterm_exits_clean(node: Node) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *run_args(node, write_config(node)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await node.kubelet.wait_registered(RED, timeout=30)
+        await node.kubelet.wait_for_devices(RED, timeout=30)
+        (assignment,) = await node.kubelet.admit_pod("p", containers=[Container("c", {RED: 1})])
+        assert assignment.device_ids == ("0000:3b:02.0",)
+        assert (node.kubelet_dir / socket_name(RED)).exists()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert not list(node.kubelet_dir.glob("xpu-bridge-*.sock"))
+    assert b"Traceback" not in stderr
+
+
+async def test_run_with_missing_bridge_exits_one_with_one_line(node: Node) -> None:
+    node.raw_config["resourceList"][2]["bridgePort"]["logicalBridges"] = ["//x/bridges/none"]
+    process = await asyncio.create_subprocess_exec(
+        *run_args(node, write_config(node)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    errors = [line for line in stderr.decode().splitlines() if "cannot start" in line]
+    assert errors == [
+        "xpu-bridge: cannot start: logical bridge //x/bridges/none does not exist on the host "
+        f"agent unix://{node.root}/agent.sock: create it there or fix "
+        "resourceList[].bridgePort.logicalBridges"
+    ]
+    assert b"Traceback" not in stderr
+
+
+def test_run_with_bad_sysfs_root_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "resourceList": [
+                    {
+                        "resourceName": "red",
+                        "selectors": [{"vendors": ["15b3"]}],
+                        "bridgePort": {"logicalBridges": ["//b/red"]},
+                    }
+                ]
+            }
+        )
+    )
+    result = subprocess.run(
+        [*CLI, "run", "--config", str(config), "--sysfs-root", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"xpu-bridge: error: --sysfs-root: {tmp_path / 'nope'} is not a directory"
+    )
+
+
+async def test_sim_agent_command_serves_until_sigterm(short_root: Path) -> None:
+    socket = short_root / "agent.sock"
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "sim-agent", "--listen", f"unix://{socket}", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        await eventually(socket.exists, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"sim-agent serving on unix://" in stdout
+    assert not socket.exists()
+
+
+def test_readme_opens_with_the_two_commands_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```")
+    first = blocks[1].strip().splitlines()
+    commands = [line for line in first if line and not line.startswith(("sh", "#"))]
+    assert len(commands) == 2
+    assert commands[0].endswith("xpu-bridge simulate")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci

@@ -1,0 +1,215 @@
+"""`xpu-bridge simulate`: a whole simulated node, a few pods, and a table of what they got."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from xpu_bridge.config import parse_config
+from xpu_bridge.daemon import Daemon, DaemonOptions
+from xpu_bridge.opi_client import BridgePortClient
+from xpu_bridge.pool import env_name
+from xpu_bridge.ports import PortState
+from xpu_bridge.sim.host_agent import SimHostAgent
+from xpu_bridge.sim.kubelet import AdmissionError, Assignment, Container, SimKubelet
+from xpu_bridge.sim.sysfs import build_node
+
+BRIDGES = "//network.opiproject.org/bridges/"
+RED, BLUE, GREEN = "opi.io/red", "opi.io/blue", "opi.io/green"
+COLUMNS = ("POD", "CONTAINER", "RESOURCE", "DEVICE", "PCI", "MAC", "XPU PORT", "STATE")
+
+
+def simulated_config(root: Path) -> dict[str, Any]:
+    """Three pools on a 2 PF x 8 VF node with SFs: access, trunk and SF ports."""
+    return {
+        "hostAgent": {"endpoint": f"unix://{root}/agent.sock", "attachTimeoutSeconds": 5},
+        "resourceList": [
+            {
+                "resourceName": "red",
+                "selectors": [{"pfNames": ["ens1f0", "ens1f1#0-3"]}],
+                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "red"]},
+            },
+            {
+                "resourceName": "blue",
+                "selectors": [{"pfNames": ["ens1f1#4-7"]}],
+                "bridgePort": {
+                    "type": "trunk",
+                    "logicalBridges": [BRIDGES + "blue-a", BRIDGES + "blue-b"],
+                },
+            },
+            {
+                "resourceName": "green",
+                "deviceType": "auxNetDevice",
+                "selectors": [{"auxTypes": ["sf"]}],
+                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "green"]},
+            },
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    pod: str
+    container: str
+    resource: str
+    device: str
+    pci: str
+    mac: str
+    port: str
+    state: str
+
+
+@dataclass
+class SimulatedNode:
+    """The parts, started in the order a real node has them: xPU agent, kubelet, daemon."""
+
+    root: Path
+    agent: SimHostAgent
+    kubelet: SimKubelet
+    daemon: Daemon
+    deleted: set[str]
+
+    @classmethod
+    async def start(cls, root: Path) -> SimulatedNode:
+        build_node(root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
+        agent = SimHostAgent(
+            [BRIDGES + n for n in ("red", "blue-a", "blue-b", "green")],
+            up_delay=0.05,
+            delete_delay=0.05,
+        )
+        await agent.start(f"unix://{root}/agent.sock")
+        kubelet = SimKubelet(root / "device-plugins", root / "pod-resources.sock")
+        await kubelet.start()
+        options = DaemonOptions(
+            config=parse_config(simulated_config(root)),
+            kubelet_dir=root / "device-plugins",
+            pod_resources_socket=root / "pod-resources.sock",
+            sysfs_root=root / "sys",
+            devinfo_dir=root / "devinfo",
+        )
+        daemon = Daemon(options)
+        await daemon.start()
+        for resource in (RED, BLUE, GREEN):
+            await kubelet.wait_registered(resource, timeout=20)
+            await kubelet.wait_for_devices(resource, timeout=20)
+        return cls(root, agent, kubelet, daemon, set())
+
+    async def stop(self) -> None:
+        await self.daemon.stop()
+        await self.kubelet.stop()
+        await self.agent.stop()
+
+
+async def run_pods(node: SimulatedNode, say: Callable[[str], None]) -> list[Assignment]:
+    """Admit and delete a few pods the way a busy node would see them."""
+    kubelet = node.kubelet
+    history: list[Assignment] = []
+
+    async def admit(name: str, **containers: Any) -> None:
+        started = time.monotonic()
+        try:
+            got = await kubelet.admit_pod(name, **containers)
+        except AdmissionError as error:
+            say(f"pod {name}: admission failed: {error.message}")
+            return
+        history.extend(got)
+        say(f"pod {name}: admitted in {(time.monotonic() - started) * 1000:.0f} ms")
+
+    await admit("web-1", containers=[Container("nginx", {RED: 1})])
+    await admit("web-2", containers=[Container("nginx", {RED: 2})])
+    await admit(
+        "db-0",
+        init_containers=[Container("init-net", {BLUE: 1})],
+        containers=[Container("postgres", {BLUE: 1})],
+    )
+    await admit("edge-1", containers=[Container("envoy", {GREEN: 1})])
+    await admit("greedy", containers=[Container("app", {RED: 20})])
+    kubelet.delete_pod("web-1")
+    node.deleted.add("web-1")
+    say("pod web-1: deleted")
+    await admit("web-3", containers=[Container("nginx", {RED: 1})])
+    return history
+
+
+def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, PortState]) -> list[Row]:
+    table = []
+    for item in history:
+        info = json.loads(item.response.envs[env_name(item.resource_name) + "_INFO"])
+        for device in item.device_ids:
+            xpu = info[device]["xpu"]
+            port_id = xpu["bridgePort"].rsplit("/", 1)[-1]
+            port = ports.get(port_id)
+            state = port.oper.name if port else "released"
+            if item.pod in node.deleted:
+                state += " (pod deleted)"
+            table.append(
+                Row(
+                    item.pod,
+                    item.container,
+                    item.resource_name,
+                    device,
+                    _pci(node, item.resource_name, device),
+                    xpu["mac"],
+                    port_id,
+                    state,
+                )
+            )
+    return table
+
+
+def _pci(node: SimulatedNode, resource: str, device_id: str) -> str:
+    entry = node.daemon.pools[resource].get(device_id)
+    if entry is None:
+        return "?"
+    device = entry.device
+    return device.pci_address if device.kind == "vf" else f"{device.pf_address} (PF)"
+
+
+def render(table: list[Row]) -> str:
+    cells = [COLUMNS] + [
+        (r.pod, r.container, r.resource, r.device, r.pci, r.mac, r.port, r.state) for r in table
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+async def simulate(
+    duration: float, out: TextIO, stop: asyncio.Event | None = None, keep: bool = False
+) -> int:
+    """Build, run the pods, print the table; then keep serving for `duration` seconds."""
+    root = Path(tempfile.mkdtemp(prefix="xpu-sim-", dir="/tmp"))
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    say(f"simulated node in {root}: 2 PFs x 8 VFs, 4 SFs; host agent, kubelet and xpu-bridge")
+    node = await SimulatedNode.start(root)
+    try:
+        history = await run_pods(node, say)
+        client = BridgePortClient(node.daemon.config.host_agent)
+        try:
+            ports = {p.port_id: p for p in await client.list_ports()}
+        finally:
+            await client.close()
+        say("")
+        say(render(rows(node, history, ports)))
+        if duration > 0:
+            say(f"\nrunning for {duration:g}s (Ctrl-C stops)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((stop or asyncio.Event()).wait(), duration)
+    finally:
+        await node.stop()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
