@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_regeneration_changes_nothing(tmp_path: Path) -> None:
-    subprocess.run([str(ROOT / "scripts" / "gen-protos"), str(tmp_path)], check=True, timeout=120)
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen-protos"), str(tmp_path)],
+        check=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "opi_protos").rglob("*_pb2*.py*"))
     assert generated == committed
