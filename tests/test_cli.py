@@ -155,3 +155,44 @@ def test_readme_opens_with_the_two_commands_ci_runs() -> None:
     assert commands[0].endswith("xpu-bridge simulate")
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci
+
+
+def test_unwritable_kubelet_dir_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hostAgent": {
+                    "endpoint": f"unix://{tmp_path}/none.sock",
+                    "attachTimeoutSeconds": 1,
+                },
+                "resourceList": [
+                    {
+                        "resourceName": "red",
+                        "selectors": [{"vendors": ["15b3"]}],
+                        "bridgePort": {"logicalBridges": ["//b/red"]},
+                    }
+                ],
+            }
+        )
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    (tmp_path / "sys").mkdir()
+    result = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "--config",
+            str(config),
+            "--sysfs-root",
+            str(tmp_path / "sys"),
+            "--kubelet-dir",
+            str(blocker / "dp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr
+    assert result.returncode != 0

@@ -172,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"xpu-bridge: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"xpu-bridge: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

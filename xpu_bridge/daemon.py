@@ -58,11 +58,11 @@ class Daemon:
         self._last_conflicts: tuple[str, ...] = ()
 
     async def start(self) -> None:
+        self.options.kubelet_dir.mkdir(parents=True, exist_ok=True)
         assignment = await self._scan()
         if assignment.conflicts:
             raise StartupError(list(assignment.conflicts))
         await self._check_logical_bridges()
-        self.options.kubelet_dir.mkdir(parents=True, exist_ok=True)
         for resource in self.config.resource_list:
             await self._add_pool(self.config.full_resource_name(resource), resource, assignment)
         for endpoint in self.endpoints:

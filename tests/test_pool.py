@@ -1,0 +1,87 @@
+"""Preferred allocation: must_include first, exact size, spread or pack, deterministic."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xpu_bridge.config import ResourceConfig
+from xpu_bridge.inventory import Device
+from xpu_bridge.pool import DevicePool, env_name
+
+
+def vf(pf: int, index: int) -> Device:
+    return Device(
+        id=f"0000:3b:{2 + pf:02x}.{index}",
+        kind="vf",
+        pci_address=f"0000:3b:{2 + pf:02x}.{index}",
+        pf_address=f"0000:3b:00.{pf}",
+        pf_name=f"ens1f{pf}",
+        index=index,
+        vendor="15b3",
+        device_code="101e",
+        driver="mlx5_core",
+        numa_node=pf % 2,
+        iommu_group=None,
+        netdev=None,
+        mac=None,
+        aux_type=None,
+    )
+
+
+def make_pool(policy: str = "spread") -> DevicePool:
+    resource = ResourceConfig.model_validate(
+        {
+            "resourceName": "red",
+            "allocationPolicy": policy,
+            "selectors": [{"vendors": ["15b3"]}],
+            "bridgePort": {"logicalBridges": ["//b/red"]},
+        }
+    )
+    return DevicePool("opi.io/red", resource, "")
+
+
+async def filled(policy: str = "spread") -> DevicePool:
+    pool = make_pool(policy)
+    await pool.replace_devices(vf(pf, i) for pf in range(3) for i in range(8))
+    return pool
+
+
+async def test_spread_balances_pfs() -> None:
+    pool = await filled()
+    ids = [entry.id for entry in pool.devices()]
+    picked = pool.preferred(ids, [], 6)
+    assert Counter(pool.get(i).device.pf_address for i in picked) == Counter(
+        {"0000:3b:00.0": 2, "0000:3b:00.1": 2, "0000:3b:00.2": 2}
+    )
+
+
+async def test_pack_fills_the_pf_of_must_include_first() -> None:
+    pool = await filled("pack")
+    ids = [entry.id for entry in pool.devices()]
+    picked = pool.preferred(ids, ["0000:3b:03.5"], 4)
+    assert picked[0] == "0000:3b:03.5"
+    assert {pool.get(i).device.pf_address for i in picked} == {"0000:3b:00.1"}
+
+
+@given(
+    st.sets(st.tuples(st.integers(0, 2), st.integers(0, 7)), min_size=1),
+    st.integers(0, 30),
+    st.data(),
+)
+async def test_properties(available: set[tuple[int, int]], size: int, data: st.DataObject) -> None:
+    pool = await filled()
+    ids = sorted(vf(pf, i).id for pf, i in available)
+    must = data.draw(st.lists(st.sampled_from(ids), unique=True, max_size=min(size, len(ids))))
+    picked = pool.preferred(ids, must, size)
+    assert picked[: len(must)] == must
+    assert len(picked) == min(size, len(ids))
+    assert len(set(picked)) == len(picked) and set(picked) <= set(ids)
+    assert picked == pool.preferred(list(reversed(ids)), must, size)
+
+
+def test_env_name_follows_sriov_convention() -> None:
+    assert env_name("opi.io/red") == "PCIDEVICE_OPI_IO_RED"
+    assert env_name("example.com/my-pool") == "PCIDEVICE_EXAMPLE_COM_MY_POOL"
