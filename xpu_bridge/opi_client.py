@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -20,7 +21,7 @@ from tenacity import (
 from opi_protos.evpn_gw import component_pb2
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as pb_grpc
-from xpu_bridge.config import HostAgentConfig
+from xpu_bridge.config import ConfigError, HostAgentConfig, TLSConfig
 from xpu_bridge.identity import port_id_from_name
 from xpu_bridge.ports import Attachment, OperStatus, PortError, PortSpec, PortState, PortType
 
@@ -82,13 +83,35 @@ class _Budget:
         return self.deadline - asyncio.get_running_loop().time()
 
 
+def _read_pem(field: str, path: Path) -> bytes:
+    """One `hostAgent.tls` file; a ConfigError naming the field and the file if it is unusable."""
+    where = f"hostAgent.tls.{field}"
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{where}: cannot read {path}: {error.strerror or error}"]) from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError([f"{where}: {path} is not PEM (no -----BEGIN line)"])
+    return data
+
+
+def tls_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
+    """Server verified against caFile; client certificate (mutual TLS) when certFile is given.
+    The files are read once, here: a rotated certificate needs a restart."""
+    ca = _read_pem("caFile", tls.ca_file)
+    cert = _read_pem("certFile", tls.cert_file) if tls.cert_file is not None else None
+    key = _read_pem("keyFile", tls.key_file) if tls.key_file is not None else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
 def channel_for(config: HostAgentConfig) -> grpc.aio.Channel:
+    """Raises ConfigError (one line per problem) when a TLS file cannot be used."""
     options = [("grpc.enable_retries", 0), ("grpc.keepalive_time_ms", 30_000)]
     if config.tls is None:
         return grpc.aio.insecure_channel(config.endpoint, options=options)
-    key = config.tls.key_file.read_bytes() if config.tls.key_file else None
-    cert = config.tls.cert_file.read_bytes() if config.tls.cert_file else None
-    credentials = grpc.ssl_channel_credentials(config.tls.ca_file.read_bytes(), key, cert)
+    credentials = tls_credentials(config.tls)
     return grpc.aio.secure_channel(config.endpoint, credentials, options=options)
 
 

@@ -904,6 +904,28 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """TLS for the simulated agent's TCP port: PEM bytes of the server's certificate chain and
+    key, and of the CA that client certificates must chain to (mutual TLS)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+    require_client_auth: bool = False
+
+    def __post_init__(self) -> None:
+        if self.require_client_auth and self.client_ca is None:
+            raise ValueError("require_client_auth needs client_ca")
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.require_client_auth,
+        )
+
+
 class SimHostAgent:
     """A simulated OPI host agent: state, fault plan and a restartable grpc.aio server."""
 
@@ -919,7 +941,9 @@ class SimHostAgent:
         bridge_components: Sequence[str] = BRIDGE_COMPONENTS,
         strict_ids: bool = True,
         list_not_found_until_first_create: bool = True,
+        tls: ServerTLS | None = None,
     ) -> None:
+        self.tls = tls  # serve TLS (TCP addresses only); kept across restarts
         self.config = AgentConfig(
             up_delay=up_delay,
             delete_delay=delete_delay,
@@ -975,9 +999,11 @@ class SimHostAgent:
         if self._server is not None:
             raise RuntimeError(f"already serving on {self._address}")
         address = address or self._address or "127.0.0.1:0"
+        socket = _unix_socket_path(address)
+        if socket is not None and self.tls is not None:
+            raise ValueError(f"TLS applies to host:port addresses only, not {address}")
         if drop_state:
             self.reset_state()
-        socket = _unix_socket_path(address)
         if socket is not None:
             _prepare_socket(socket)
         server = grpc.aio.server(
@@ -993,7 +1019,10 @@ class SimHostAgent:
         reflection.enable_server_reflection(
             (*OPI_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(address)
+        if self.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, self.tls.credentials())
         await server.start()
         for service in ("", *OPI_SERVICES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -1004,7 +1033,7 @@ class SimHostAgent:
 
     @property
     def target(self) -> str:
-        """What a client passes to grpc.aio.insecure_channel()."""
+        """What a client passes to grpc.aio.insecure_channel() (secure_channel() with TLS)."""
         if self._address is None:
             raise RuntimeError("agent was never started")
         return self._address
