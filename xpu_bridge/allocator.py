@@ -54,6 +54,18 @@ class Allocator:
         self._attacher = attacher
         self._devinfo = devinfo
         self.attached_at: dict[str, float] = {}
+        self.attaching: set[str] = set()
+
+    def recently_attached(self, device_id: str, grace: float) -> bool:
+        """True while an Allocate for the device runs, and for `grace` seconds after it.
+
+        PodResources lists a container only after Allocate returns, so without this the
+        reconciler could take a port away from a pod that is still being admitted.
+        """
+        if device_id in self.attaching:
+            return True
+        attached = self.attached_at.get(device_id)
+        return attached is not None and time.monotonic() - attached < grace
 
     def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
         unknown = sorted({i for ids in containers for i in ids if self.pool.get(i) is None})
@@ -68,16 +80,21 @@ class Allocator:
         """All containers of one kubelet request succeed together or not at all."""
         resolved = self.resolve(containers)
         wanted = list({entry.id: entry for ids in resolved for entry in ids}.values())
-        attachments = await self._attach_all(wanted)
+        device_ids = {entry.id for entry in wanted}
+        self.attaching |= device_ids
         try:
-            for entry in wanted:
-                self._devinfo.write(self.pool.resource_name, entry.device)
-        except DevInfoError as error:
-            await self._roll_back(wanted, attachments)
-            raise AllocationError(str(error)) from None
-        now = time.monotonic()
-        for entry in wanted:
-            self.attached_at[entry.id] = now
+            attachments = await self._attach_all(wanted)
+            try:
+                for entry in wanted:
+                    self._devinfo.write(self.pool.resource_name, entry.device)
+            except DevInfoError as error:
+                await self._roll_back(wanted, attachments)
+                raise AllocationError(str(error)) from None
+        finally:
+            self.attaching -= device_ids
+            now = time.monotonic()
+            for device_id in device_ids:
+                self.attached_at[device_id] = now
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:

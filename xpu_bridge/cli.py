@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sysfs-root", type=Path, default=None)
     check.set_defaults(handler=check_config_command)
 
+    release = commands.add_parser(
+        "release", help="ask a running daemon's release hook to free one device now (CNI DEL)"
+    )
+    release.add_argument("--socket", type=Path, required=True, help="release.hookSocket")
+    release.add_argument("device_id", help="PCI address of a VF or auxiliary name of an SF")
+    release.set_defaults(handler=release_command)
+
     for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         entry.load()(commands)
     return parser
@@ -147,6 +154,17 @@ async def check_config_command(args: argparse.Namespace) -> int:
         print(f"{name}: {count} device(s), {_describe(resource)}")
     print(f"unmatched: {len(assignment.unmatched)} device(s)")
     return EXIT_OK
+
+
+async def release_command(args: argparse.Namespace) -> int:
+    from xpu_bridge.release_hook import request_release
+
+    try:
+        result = await request_release(args.socket, args.device_id)
+    except (OSError, TimeoutError, ValueError, KeyError) as error:
+        raise UsageError(f"--socket: no answer from {args.socket}: {error}") from None
+    print(result.message)
+    return EXIT_OK if result.released else EXIT_FAILURE
 
 
 def _describe(resource) -> str:

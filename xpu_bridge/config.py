@@ -48,6 +48,9 @@ class HostAgentConfig(StrictModel):
     tls: TLSConfig | None = None
     rpc_timeout_seconds: float = Field(default=2.0, gt=0, le=300, alias="rpcTimeoutSeconds")
     attach_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="attachTimeoutSeconds")
+    unhealthy_after_seconds: float = Field(
+        default=30.0, ge=0, le=3600, alias="unhealthyAfterSeconds"
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -68,6 +71,22 @@ class HostAgentConfig(StrictModel):
         if self.attach_timeout_seconds < self.rpc_timeout_seconds:
             raise ValueError("attachTimeoutSeconds must be at least rpcTimeoutSeconds")
         return self
+
+
+class ReleaseConfig(StrictModel):
+    """When ports no container holds are deleted, and what holds a release back."""
+
+    interval_seconds: float = Field(default=5.0, gt=0, le=3600, alias="intervalSeconds")
+    grace_seconds: float = Field(default=30.0, ge=0, le=86400, alias="graceSeconds")
+    holdoff_seconds: float = Field(default=120.0, ge=0, le=86400, alias="holdoffSeconds")
+    hook_socket: Path | None = Field(default=None, alias="hookSocket")
+
+    @field_validator("hook_socket")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path such as /run/xpu-bridge/release.sock")
+        return value
 
 
 def parse_ranges(text: str) -> frozenset[int]:
@@ -197,6 +216,7 @@ class Config(StrictModel):
     rescan_interval_seconds: float = Field(
         default=30.0, gt=0, le=3600, alias="rescanIntervalSeconds"
     )
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     resource_list: list[ResourceConfig] = Field(alias="resourceList", min_length=1)
 
     @field_validator("port_id_prefix")

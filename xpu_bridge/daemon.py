@@ -14,9 +14,12 @@ from xpu_bridge.devinfo import DevInfoStore
 from xpu_bridge.inventory import discover
 from xpu_bridge.opi_client import BridgePortClient
 from xpu_bridge.plugin_server import DevicePluginService, PluginEndpoint
+from xpu_bridge.pod_resources import PodResourcesClient
 from xpu_bridge.pool import DevicePool
 from xpu_bridge.ports import PortError
+from xpu_bridge.reconciler import Reconciler
 from xpu_bridge.registration import KubeletRegistrar
+from xpu_bridge.release_hook import ReleaseHookServer
 from xpu_bridge.selection import Assignment, assign
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,18 @@ class Daemon:
         self.allocators: dict[str, Allocator] = {}
         self.endpoints: list[PluginEndpoint] = []
         self.registrar: KubeletRegistrar | None = None
+        self.pod_resources = PodResourcesClient(options.pod_resources_socket)
+        self.reconciler = Reconciler(
+            self.config,
+            self.pools,
+            self.allocators,
+            self.client,
+            self.pod_resources,
+            self.devinfo,
+            lambda: self.registrar.last_kubelet_restart if self.registrar else None,
+        )
+        hook = self.config.release.hook_socket
+        self.hook = ReleaseHookServer(hook, self.reconciler.release_now) if hook else None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_conflicts: tuple[str, ...] = ()
 
@@ -65,14 +80,18 @@ class Daemon:
         await self._check_logical_bridges()
         for resource in self.config.resource_list:
             await self._add_pool(self.config.full_resource_name(resource), resource, assignment)
+        await self.reconciler.recover()
         for endpoint in self.endpoints:
             await endpoint.start()
+        if self.hook is not None:
+            await self.hook.start()
         self.registrar = KubeletRegistrar(
             self.options.kubelet_dir, self.endpoints, self.options.registration_poll_seconds
         )
         self._tasks = [
             asyncio.create_task(self.registrar.run(), name="registrar"),
             asyncio.create_task(self._rescan_forever(), name="rescan"),
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
         ]
 
     async def _add_pool(self, name: str, resource, assignment: Assignment) -> None:
@@ -161,5 +180,9 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.reconciler.stop()
+        if self.hook is not None:
+            await self.hook.stop()
         await asyncio.gather(*(endpoint.stop(grace=0.5) for endpoint in self.endpoints))
         await self.client.close()
+        await self.pod_resources.close()

@@ -134,6 +134,10 @@ class BridgePortClient:
     def endpoint(self) -> str:
         return self._config.endpoint
 
+    @property
+    def attach_timeout(self) -> float:
+        return self._config.attach_timeout_seconds
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -278,9 +282,9 @@ class BridgePortClient:
         except grpc.aio.AioRpcError as error:
             raise self._fail(f"DeleteBridgePort {name}", error) from None
 
-    async def list_ports(self) -> list[PortState]:
-        """Every port on the agent, all pages."""
-        budget = self._budget()
+    async def list_ports(self, seconds: float | None = None) -> list[PortState]:
+        """Every port on the agent, all pages, within `seconds` (default: the attach budget)."""
+        budget = self._budget(seconds)
         ports: list[PortState] = []
         token = ""
         while True:

@@ -1,0 +1,71 @@
+"""PodResources client: which devices of our resources the kubelet says containers hold."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
+from opi_protos.kubelet.podresources.v1 import api_pb2_grpc as pr_grpc
+
+LIST_TIMEOUT = 5.0
+
+
+class PodResourcesUnavailable(Exception):
+    """The kubelet's PodResources API could not be read; nothing may be released on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    namespace: str
+    pod: str
+    container: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.pod} container {self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDevices:
+    """Per resource, each held device ID and who holds it."""
+
+    by_resource: dict[str, dict[str, Holder]]
+
+    def holder(self, resource: str, device_id: str) -> Holder | None:
+        return self.by_resource.get(resource, {}).get(device_id)
+
+    def ids(self, resource: str) -> set[str]:
+        return set(self.by_resource.get(resource, {}))
+
+
+class PodResourcesClient:
+    """One channel for the daemon's life; gRPC reconnects by itself after a kubelet restart."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self._channel = grpc.aio.insecure_channel(f"unix://{socket}")
+        self._stub = pr_grpc.PodResourcesListerStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def held(self, resources: set[str]) -> HeldDevices:
+        try:
+            reply = await self._stub.List(pr.ListPodResourcesRequest(), timeout=LIST_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            raise PodResourcesUnavailable(
+                f"PodResources List at {self.socket} failed: {error.code().name}: "
+                f"{error.details() or 'no details'}"
+            ) from None
+        held: dict[str, dict[str, Holder]] = defaultdict(dict)
+        for pod in reply.pod_resources:
+            for container in pod.containers:
+                holder = Holder(pod.namespace, pod.name, container.name)
+                for devices in container.devices:
+                    if devices.resource_name in resources:
+                        for device_id in devices.device_ids:
+                            held[devices.resource_name][device_id] = holder
+        return HeldDevices(dict(held))

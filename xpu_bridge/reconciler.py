@@ -1,0 +1,406 @@
+"""Release and repair: compare what the kubelet holds with the ports we own on the xPU."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from xpu_bridge.allocator import Allocator
+from xpu_bridge.config import Config
+from xpu_bridge.devinfo import DevInfoError, DevInfoStore
+from xpu_bridge.identity import PortKey, parse_port_id, port_id_for
+from xpu_bridge.opi_client import BridgePortClient
+from xpu_bridge.pod_resources import HeldDevices, PodResourcesClient, PodResourcesUnavailable
+from xpu_bridge.pool import DevicePool, PoolDevice
+from xpu_bridge.ports import OperStatus, PortError, PortState
+
+log = logging.getLogger(__name__)
+
+AGENT_UNREACHABLE = "host agent unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedDevice:
+    """A device of one of our pools, found by its port ID."""
+
+    pool: DevicePool
+    entry: PoolDevice
+    allocator: Allocator
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    released: bool
+    message: str
+    port: str | None = None
+
+
+@dataclass
+class AgentHealth:
+    """Host agent reachability as the passes see it; devices go Unhealthy after a while."""
+
+    unhealthy_after: float
+    down_since: float | None = None
+    reported: bool = False
+
+    def record(self, reachable: bool, now: float, why: str = "") -> None:
+        if reachable:
+            if self.down_since is not None:
+                log.warning("host agent reachable again")
+            self.down_since = None
+            self.reported = False
+            return
+        if self.down_since is None:
+            self.down_since = now
+        if not self.reported:
+            log.error("host agent unreachable: %s", why)
+            self.reported = True
+
+    @property
+    def reachable(self) -> bool:
+        return self.down_since is None
+
+    def devices_unhealthy(self, now: float) -> bool:
+        return self.down_since is not None and now - self.down_since >= self.unhealthy_after
+
+
+@dataclass
+class ReconcilerStats:
+    """Counters the metrics endpoint exports."""
+
+    releases: Counter[tuple[str, str]] = field(default_factory=Counter)
+    held_back: Counter[str] = field(default_factory=Counter)
+    repairs: Counter[str] = field(default_factory=Counter)
+    passes: int = 0
+
+
+class Reconciler:
+    """Deletes owned ports no container holds, and re-creates held ports the xPU lost.
+
+    Guards keep a blink from costing a running pod its network: nothing is released while
+    PodResources is unreadable, during the hold-off after a kubelet restart, or while a pass
+    would release more than half of the owned ports (until that verdict has held for the
+    hold-off). A port must be a candidate in two passes in a row and not attached within the
+    grace period.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        pools: dict[str, DevicePool],
+        allocators: dict[str, Allocator],
+        client: BridgePortClient,
+        pod_resources: PodResourcesClient,
+        devinfo: DevInfoStore,
+        kubelet_restarted_at: Callable[[], float | None],
+    ) -> None:
+        self.release_config = config.release
+        self.prefix = config.port_id_prefix
+        self.pools = pools
+        self.allocators = allocators
+        self.client = client
+        self.pod_resources = pod_resources
+        self.devinfo = devinfo
+        self.kubelet_restarted_at = kubelet_restarted_at
+        self.health = AgentHealth(config.host_agent.unhealthy_after_seconds)
+        self.stats = ReconcilerStats()
+        self.owned: dict[str, PortState] = {}
+        self._previous: set[str] = set()
+        self._mass_since: float | None = None
+        self._holding: str | None = None
+        self._repairing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def interval(self) -> float:
+        return self.release_config.interval_seconds
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _by_port(self) -> dict[str, OwnedDevice]:
+        return {
+            entry.spec.port_id: OwnedDevice(pool, entry, self.allocators[name])
+            for name, pool in self.pools.items()
+            for entry in pool.devices()
+        }
+
+    def _held_port_ids(self, held: HeldDevices) -> set[str]:
+        """Port IDs of every device a container holds, even one that vanished from sysfs."""
+        port_ids = set()
+        for name, pool in self.pools.items():
+            for device_id in held.ids(name):
+                entry = pool.get(device_id)
+                if entry is not None:
+                    port_ids.add(entry.spec.port_id)
+                    continue
+                with contextlib.suppress(ValueError):
+                    port_ids.add(port_id_for(PortKey("vf", device_id), self.prefix))
+        return port_ids
+
+    async def _owned_ports(self) -> dict[str, PortState] | None:
+        """Our ports on the xPU, or None when the agent cannot be reached."""
+        budget = max(min(self.interval, self.client.attach_timeout), 1.0)
+        try:
+            ports = await self.client.list_ports(seconds=budget)
+        except PortError as error:
+            self.health.record(False, self._now(), str(error))
+            return None
+        self.health.record(True, self._now())
+        owned = {p.port_id: p for p in ports if parse_port_id(p.port_id, self.prefix)}
+        self.owned = owned
+        return owned
+
+    async def recover(self) -> None:
+        """Start-up: adopt ports the kubelet still assigns, make the rest candidates."""
+        owned = await self._owned_ports()
+        if owned is None:
+            return
+        await self._update_health(owned)
+        try:
+            held = await self.pod_resources.held(set(self.pools))
+        except PodResourcesUnavailable as error:
+            log.warning("start-up recovery: %s; releasing nothing until it answers", error)
+            return
+        held_ports = self._held_port_ids(held)
+        adopted = sorted(set(owned) & held_ports)
+        self._previous = set(owned) - held_ports
+        log.info(
+            "start-up recovery: adopted %d port(s) held by containers, %d candidate(s) to release",
+            len(adopted),
+            len(self._previous),
+        )
+
+    async def run(self) -> None:
+        """Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed; trying again in %.0fs", self.interval)
+
+    async def reconcile(self) -> None:
+        self.stats.passes += 1
+        owned = await self._owned_ports()
+        if owned is None:
+            await self._update_health({})
+            return
+        await self._update_health(owned)
+        try:
+            held = await self.pod_resources.held(set(self.pools))
+        except PodResourcesUnavailable as error:
+            self._hold_back("pod_resources_unreadable", str(error))
+            self._previous = set()
+            return
+        held_ports = self._held_port_ids(held)
+        self._repair(held, owned)
+        await self._release(owned, held_ports)
+
+    async def _update_health(self, owned: dict[str, PortState]) -> None:
+        now = self._now()
+        everything_down = self.health.devices_unhealthy(now)
+        for pool in self.pools.values():
+            unhealthy: dict[str, str] = {}
+            for entry in pool.devices():
+                port = owned.get(entry.spec.port_id)
+                if everything_down:
+                    unhealthy[entry.id] = AGENT_UNREACHABLE
+                elif port is not None and port.component_errors:
+                    unhealthy[entry.id] = "; ".join(port.component_errors)
+            if await pool.set_health(unhealthy):
+                log.warning(
+                    "pool %s: %d device(s) unhealthy%s",
+                    pool.resource_name,
+                    len(unhealthy),
+                    f" ({AGENT_UNREACHABLE})" if everything_down else "",
+                )
+
+    def _busy(self, owned_device: OwnedDevice | None) -> bool:
+        if owned_device is None:
+            return False
+        return owned_device.allocator.recently_attached(
+            owned_device.entry.id, self.release_config.grace_seconds
+        )
+
+    async def _release(self, owned: dict[str, PortState], held_ports: set[str]) -> None:
+        by_port = self._by_port()
+        candidates = {
+            port_id
+            for port_id, port in owned.items()
+            if port_id not in held_ports
+            and port.oper is not OperStatus.TO_BE_DELETED
+            and not self._busy(by_port.get(port_id))
+        }
+        confirmed = candidates & self._previous
+        self._previous = candidates
+        guard = self._guard(confirmed, owned)
+        if guard is not None:
+            name, why = guard
+            self._hold_back(name, why)
+            return
+        if self._holding is not None:
+            log.info("release guard %s lifted", self._holding)
+            self._holding = None
+        for port_id in sorted(confirmed):
+            await self._delete(owned[port_id], by_port.get(port_id), "unheld")
+
+    def _guard(self, confirmed: set[str], owned: dict[str, PortState]) -> tuple[str, str] | None:
+        now = self._now()
+        holdoff = self.release_config.holdoff_seconds
+        mass = len(confirmed) > 1 and 2 * len(confirmed) > len(owned)
+        if not mass:
+            self._mass_since = None
+        if not confirmed:
+            return None
+        restarted = self.kubelet_restarted_at()
+        if restarted is not None and now - restarted < holdoff:
+            return "kubelet_restart", (
+                f"kubelet restarted {now - restarted:.0f}s ago; no release for {holdoff:g}s "
+                "(release.holdoffSeconds)"
+            )
+        if mass:
+            if self._mass_since is None:
+                self._mass_since = now
+            if now - self._mass_since < holdoff:
+                return "mass_release", (
+                    f"a pass would release {len(confirmed)} of {len(owned)} owned ports; "
+                    f"waiting until that has held for {holdoff:g}s (release.holdoffSeconds)"
+                )
+        return None
+
+    def _hold_back(self, guard: str, why: str) -> None:
+        self.stats.held_back[guard] += 1
+        if self._holding != guard:
+            log.warning("holding back releases: %s", why)
+            self._holding = guard
+
+    async def _delete(self, port: PortState, owner: OwnedDevice | None, reason: str) -> bool:
+        try:
+            await self.client.delete_port(port.name)
+        except PortError as error:
+            log.error("could not release port %s: %s (next pass retries)", port.name, error)
+            return False
+        self.owned.pop(port.port_id, None)
+        resource = owner.pool.resource_name if owner else "unknown"
+        device = owner.entry.id if owner else "(no longer on this node)"
+        if owner is not None:
+            owner.allocator.attached_at.pop(owner.entry.id, None)
+            try:
+                self.devinfo.remove(resource, owner.entry.id)
+            except (DevInfoError, OSError) as error:
+                log.error("device %s: could not remove device-info file: %s", device, error)
+        self.stats.releases[(resource, reason)] += 1
+        log.info(
+            "released port %s of device %s (%s): %s",
+            port.name,
+            device,
+            resource,
+            "requested by the release hook" if reason == "hook" else "no container holds it",
+        )
+        return True
+
+    def _repair(self, held: HeldDevices, owned: dict[str, PortState]) -> None:
+        """Held devices whose port is missing, dying, DOWN or changed get it back, in the
+        background, so one slow repair never delays a pass."""
+        for name, pool in self.pools.items():
+            allocator = self.allocators[name]
+            for device_id in held.ids(name):
+                entry = pool.get(device_id)
+                if entry is None or entry.id in self._repairing or device_id in allocator.attaching:
+                    continue
+                port = owned.get(entry.spec.port_id)
+                problem = _port_problem(port, entry)
+                if problem is None:
+                    continue
+                holder = held.holder(name, device_id)
+                self._repairing.add(entry.id)
+                task = asyncio.create_task(self._repair_one(pool, entry, port, problem, holder))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _repair_one(
+        self,
+        pool: DevicePool,
+        entry: PoolDevice,
+        port: PortState | None,
+        problem: str,
+        holder: object,
+    ) -> None:
+        try:
+            if port is not None and port.oper is OperStatus.DOWN:
+                await self.client.delete_port(port.name)
+            attachment = await self.client.ensure_port(entry.spec)
+        except PortError as error:
+            log.error("device %s held by %s: repair failed: %s", entry.id, holder, error)
+            return
+        finally:
+            self._repairing.discard(entry.id)
+        self.stats.repairs[pool.resource_name] += 1
+        self.owned[entry.spec.port_id] = attachment.port
+        log.warning(
+            "repaired port %s of device %s (%s) held by %s: it was %s",
+            attachment.port.name,
+            entry.id,
+            pool.resource_name,
+            holder,
+            problem,
+        )
+
+    def _find(self, device_id: str) -> OwnedDevice | None:
+        for name, pool in self.pools.items():
+            entry = pool.get(device_id)
+            if entry is not None:
+                return OwnedDevice(pool, entry, self.allocators[name])
+        return None
+
+    async def release_now(self, device_id: str) -> ReleaseResult:
+        """The release hook: free one device at once unless a container holds it."""
+        owner = self._find(device_id)
+        if owner is None:
+            return ReleaseResult(False, f"device {device_id} is not in any pool of this node")
+        name, entry, allocator = owner.pool.resource_name, owner.entry, owner.allocator
+        if allocator.recently_attached(device_id, self.release_config.grace_seconds):
+            return ReleaseResult(
+                False,
+                f"device {device_id} was attached less than "
+                f"{self.release_config.grace_seconds:g}s ago (release.graceSeconds); "
+                "the reconciler will release it when no container holds it",
+            )
+        try:
+            held = await self.pod_resources.held(set(self.pools))
+        except PodResourcesUnavailable as error:
+            return ReleaseResult(False, f"device {device_id}: cannot check holders: {error}")
+        holder = held.holder(name, device_id)
+        if holder is not None:
+            return ReleaseResult(False, f"device {device_id} is held by {holder}")
+        owned = await self._owned_ports()
+        if owned is None:
+            return ReleaseResult(False, f"device {device_id}: host agent unreachable")
+        port = owned.get(entry.spec.port_id)
+        if port is None:
+            return ReleaseResult(True, f"device {device_id} has no port on the xPU")
+        if not await self._delete(port, owner, "hook"):
+            return ReleaseResult(False, f"device {device_id}: deleting {port.name} failed")
+        return ReleaseResult(True, f"released port {port.name} of device {device_id}", port.name)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _port_problem(port: PortState | None, entry: PoolDevice) -> str | None:
+    if port is None:
+        return "missing on the xPU"
+    if port.oper is OperStatus.TO_BE_DELETED:
+        return "being deleted"
+    if port.oper is OperStatus.DOWN:
+        return "DOWN" + (f" ({'; '.join(port.component_errors)})" if port.component_errors else "")
+    if not port.matches(entry.spec):
+        return "configured differently"
+    return None
