@@ -136,3 +136,15 @@ async def test_stop_removes_sockets(node: Node) -> None:
     await node.stop_daemon()
     assert not any(node.kubelet_dir.glob("xpu-bridge-*.sock"))
     await asyncio.sleep(0)
+
+
+async def test_kubelet_restart_counts_even_after_a_gap_without_its_socket(node: Node) -> None:
+    daemon = await node.start_daemon()
+    await node.kubelet.stop()
+    assert not (node.kubelet_dir / "kubelet.sock").exists()
+    await asyncio.sleep(0.3)  # several registrar polls find no kubelet.sock at all
+    await node.kubelet.start()
+    started = time.monotonic()
+    await eventually(lambda: daemon.registrar.kubelet_restarts == 1)
+    assert daemon.registrar.last_kubelet_restart is not None
+    await node.kubelet.wait_registered(RED, after=started)

@@ -44,6 +44,7 @@ class KubeletRegistrar:
         self.last_kubelet_restart: float | None = None
         self._on_registered = on_registered
         self._known_kubelet: tuple[int, int] | None = None
+        self._seen_kubelet = False
         self._pending: set[str] = {e.resource_name for e in endpoints}
         self._next_try: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -82,11 +83,12 @@ class KubeletRegistrar:
     async def _tick(self) -> None:
         identity = self._kubelet_identity()
         if identity != self._known_kubelet:
-            if identity is not None and self._known_kubelet is not None:
+            if identity is not None and self._seen_kubelet:
                 self.kubelet_restarts += 1
                 self.last_kubelet_restart = asyncio.get_running_loop().time()
                 log.warning("kubelet restarted (new %s); registering again", self.kubelet_socket)
             self._known_kubelet = identity
+            self._seen_kubelet = self._seen_kubelet or identity is not None
             self._pending.update(e.resource_name for e in self.endpoints)
             self._next_try.clear()
         for endpoint in self.endpoints:
