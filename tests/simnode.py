@@ -71,6 +71,7 @@ class Node:
     kubelet: SimKubelet
     raw_config: dict[str, Any]
     daemon: Daemon | None = None
+    metrics_address: str | None = None
     _daemons: list[Daemon] = field(default_factory=list)
 
     @property
@@ -93,6 +94,7 @@ class Node:
             sysfs_root=self.root / "sys",
             devinfo_dir=self.devinfo_dir,
             registration_poll_seconds=0.05,
+            metrics_address=self.metrics_address,
         )
 
     async def start_daemon(self, wait: bool = True) -> Daemon:

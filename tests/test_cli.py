@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -55,12 +56,18 @@ def run_args(node: Node, config: Path) -> list[str]:
         str(node.root / "sys"),
         "--devinfo-dir",
         str(node.devinfo_dir),
+        "--metrics-address",
+        "127.0.0.1:0",
     ]
 
 
 async def test_run_serves_the_kubelet_and_sigterm_exits_clean(node: Node) -> None:
+    args = run_args(node, write_config(node))
     process = await asyncio.create_subprocess_exec(
-        *run_args(node, write_config(node)),
+        *args[:3],
+        "--log-format",
+        "json",
+        *args[3:],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -78,7 +85,11 @@ async def test_run_serves_the_kubelet_and_sigterm_exits_clean(node: Node) -> Non
             await process.wait()
     assert process.returncode == 0, stderr.decode()
     assert not list(node.kubelet_dir.glob("xpu-bridge-*.sock"))
-    assert b"Traceback" not in stderr
+    logs = [json.loads(line) for line in stderr.decode().splitlines()]
+    allocate = [e for e in logs if e["msg"].startswith("Allocate opi.io/red")]
+    assert len(allocate) == 1 and allocate[0]["level"] == "info"
+    assert "vf-0000-3b-02-0" in allocate[0]["msg"] and " ms" in allocate[0]["msg"]
+    assert {"time", "level", "logger", "msg"} <= set(logs[0])
 
 
 async def test_run_with_missing_bridge_exits_one_with_one_line(node: Node) -> None:

@@ -158,7 +158,7 @@ async def test_xpu_losing_every_port_gets_held_ports_back(fast: Node) -> None:
     )
     assert time.monotonic() - lost < 2 * INTERVAL + 2.0
     assert fast.agent.calls["CreateBridgePort"] == creates + 3
-    assert sum(fast.daemon.reconciler.stats.repairs.values()) == 3
+    await eventually(lambda: sum(fast.daemon.reconciler.stats.repairs.values()) == 3)
 
 
 async def test_dying_port_is_reallocated(fast: Node) -> None:
@@ -242,6 +242,8 @@ async def test_kill_9_then_restart_releases_orphans_and_adopts_held_ports(fast: 
         str(fast.root / "sys"),
         "--devinfo-dir",
         str(fast.devinfo_dir),
+        "--metrics-address",
+        "127.0.0.1:0",
     ]
 
     async def start() -> asyncio.subprocess.Process:

@@ -31,6 +31,7 @@ class DeviceNode:
 class ContainerAllocation:
     envs: dict[str, str]
     device_nodes: tuple[DeviceNode, ...]
+    ports: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -154,6 +155,7 @@ class Allocator:
             device_nodes=tuple(
                 dict.fromkeys(node for entry in entries for node in _device_nodes(entry))
             ),
+            ports=tuple(attachments[entry.id].port.name for entry in entries),
         )
 
     @staticmethod

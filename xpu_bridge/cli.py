@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -15,6 +16,8 @@ from typing import NoReturn
 
 from xpu_bridge.config import Config, ConfigError, load_config
 from xpu_bridge.daemon import Daemon, DaemonOptions, StartupError
+from xpu_bridge.logs import setup_logging
+from xpu_bridge.ops_server import parse_address
 
 log = logging.getLogger("xpu_bridge")
 
@@ -44,14 +47,6 @@ def existing_dir(flag: str, value: Path) -> Path:
     return value
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def add_daemon_paths(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubelet-dir", type=Path, default=Path("/var/lib/kubelet/device-plugins"))
     parser.add_argument(
@@ -73,12 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default: info (warning for simulate)",
     )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = commands.add_parser("run", help="run the node daemon")
     run.add_argument("--config", type=Path, required=True)
     add_daemon_paths(run)
+    run.add_argument(
+        "--metrics-address",
+        default="0.0.0.0:9109",
+        help="host:port for /metrics, /healthz, /readyz, /debug/state; '' disables",
+    )
     run.set_defaults(handler=run_command)
+
+    inventory = commands.add_parser(
+        "inventory", help="list every VF/SF sysfs shows, and the pool each would join"
+    )
+    inventory.add_argument("--config", type=Path, default=None)
+    inventory.add_argument("--sysfs-root", type=Path, default=Path("/sys"))
+    inventory.add_argument("--json", action="store_true", help="one JSON document")
+    inventory.set_defaults(handler=inventory_command)
+
+    status = commands.add_parser("status", help="pools, devices and ports of a running daemon")
+    status.add_argument("--metrics-address", default="127.0.0.1:9109")
+    status.add_argument("--json", action="store_true", help="print /debug/state as it is")
+    status.set_defaults(handler=status_command)
 
     check = commands.add_parser("check-config", help="validate a config (and what it selects)")
     check.add_argument("--config", type=Path, required=True)
@@ -98,12 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
+    if args.metrics_address:
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as error:
+            raise UsageError(f"--metrics-address: {error}") from None
     return DaemonOptions(
         config=config,
         kubelet_dir=args.kubelet_dir,
         pod_resources_socket=args.pod_resources_socket,
         sysfs_root=existing_dir("--sysfs-root", args.sysfs_root),
         devinfo_dir=args.devinfo_dir,
+        metrics_address=args.metrics_address or None,
     )
 
 
@@ -129,7 +149,8 @@ def stop_on_signals() -> asyncio.Event:
 
 async def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    await run_daemon(daemon_options(args, config), stop_on_signals())
+    options = daemon_options(args, config)
+    await run_daemon(options, stop_on_signals())
     return EXIT_OK
 
 
@@ -156,6 +177,28 @@ async def check_config_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def inventory_command(args: argparse.Namespace) -> int:
+    from xpu_bridge.reports import inventory_report
+
+    config = load_config(args.config) if args.config else None
+    print(inventory_report(existing_dir("--sysfs-root", args.sysfs_root), config, args.json))
+    return EXIT_OK
+
+
+async def status_command(args: argparse.Namespace) -> int:
+    from xpu_bridge.reports import fetch_state, status_report
+
+    try:
+        host, port = parse_address(args.metrics_address)
+        state = await fetch_state(host, port)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise UsageError(
+            f"--metrics-address: no daemon answers at {args.metrics_address}: {error}"
+        ) from None
+    print(json.dumps(state, indent=2, sort_keys=True) if args.json else status_report(state))
+    return EXIT_OK
+
+
 async def release_command(args: argparse.Namespace) -> int:
     from xpu_bridge.release_hook import request_release
 
@@ -175,7 +218,7 @@ def _describe(resource) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level or getattr(args, "log_level_default", "info"))
+    setup_logging(args.log_level or getattr(args, "log_level_default", "info"), args.log_format)
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))

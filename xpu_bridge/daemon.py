@@ -12,10 +12,12 @@ from xpu_bridge.allocator import Allocator
 from xpu_bridge.config import Config
 from xpu_bridge.devinfo import DevInfoStore
 from xpu_bridge.inventory import discover
+from xpu_bridge.metrics import DeviceCounts, Metrics, StateSnapshot
 from xpu_bridge.opi_client import BridgePortClient
+from xpu_bridge.ops_server import OpsServer
 from xpu_bridge.plugin_server import DevicePluginService, PluginEndpoint
 from xpu_bridge.pod_resources import PodResourcesClient
-from xpu_bridge.pool import DevicePool
+from xpu_bridge.pool import DevicePool, PoolDevice
 from xpu_bridge.ports import PortError
 from xpu_bridge.reconciler import Reconciler
 from xpu_bridge.registration import KubeletRegistrar
@@ -43,6 +45,7 @@ class DaemonOptions:
     sysfs_root: Path = Path("/sys")
     devinfo_dir: Path = Path("/var/run/k8s.cni.cncf.io/devinfo/dp")
     registration_poll_seconds: float = 0.1
+    metrics_address: str | None = None
 
 
 class Daemon:
@@ -51,7 +54,8 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.config = options.config
-        self.client = BridgePortClient(self.config.host_agent)
+        self.metrics = Metrics()
+        self.client = BridgePortClient(self.config.host_agent, observer=self.metrics.observe_opi)
         self.devinfo = DevInfoStore(options.devinfo_dir)
         self.pools: dict[str, DevicePool] = {}
         self.allocators: dict[str, Allocator] = {}
@@ -69,10 +73,19 @@ class Daemon:
         )
         hook = self.config.release.hook_socket
         self.hook = ReleaseHookServer(hook, self.reconciler.release_now) if hook else None
+        self.metrics.watch_state(self.snapshot)
+        self.ops = (
+            OpsServer(options.metrics_address, self.metrics, self.not_ready, self.debug_state)
+            if options.metrics_address
+            else None
+        )
+        self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._last_conflicts: tuple[str, ...] = ()
 
     async def start(self) -> None:
+        if self.ops is not None:
+            await self.ops.start()
         self.options.kubelet_dir.mkdir(parents=True, exist_ok=True)
         assignment = await self._scan()
         if assignment.conflicts:
@@ -86,19 +99,25 @@ class Daemon:
         if self.hook is not None:
             await self.hook.start()
         self.registrar = KubeletRegistrar(
-            self.options.kubelet_dir, self.endpoints, self.options.registration_poll_seconds
+            self.options.kubelet_dir,
+            self.endpoints,
+            self.options.registration_poll_seconds,
+            on_registered=self.metrics.registered,
         )
         self._tasks = [
             asyncio.create_task(self.registrar.run(), name="registrar"),
             asyncio.create_task(self._rescan_forever(), name="rescan"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
         ]
+        self._started = True
 
     async def _add_pool(self, name: str, resource, assignment: Assignment) -> None:
         pool = DevicePool(name, resource, self.config.port_id_prefix)
         await pool.replace_devices(assignment.pools.get(name, ()))
         allocator = Allocator(pool, self.client, self.devinfo)
-        service = DevicePluginService(pool, allocator, lambda: self._stream_lost(name))
+        service = DevicePluginService(
+            pool, allocator, lambda: self._stream_lost(name), self.metrics
+        )
         self.pools[name] = pool
         self.allocators[name] = allocator
         self.endpoints.append(PluginEndpoint(service, self.options.kubelet_dir))
@@ -186,3 +205,75 @@ class Daemon:
         await asyncio.gather(*(endpoint.stop(grace=0.5) for endpoint in self.endpoints))
         await self.client.close()
         await self.pod_resources.close()
+        if self.ops is not None:
+            await self.ops.stop()
+
+    def not_ready(self) -> str | None:
+        """Why the node should not get pods yet, or None when it may."""
+        if not self._started or self.registrar is None:
+            return "starting: waiting for the host agent and the first registration"
+        missing = sorted(set(self.pools) - self.registrar.registered)
+        if missing:
+            return f"not registered with the kubelet: {', '.join(missing)}"
+        if not self.reconciler.health.reachable:
+            return f"host agent {self.client.endpoint} unreachable"
+        return None
+
+    def snapshot(self) -> StateSnapshot:
+        counts = []
+        for name, pool in self.pools.items():
+            unhealthy = sum(1 for e in pool.devices() if pool.unhealthy_reason(e.id))
+            allocated = sum(
+                1
+                for e in pool.devices()
+                if self._attached(name, e) and not pool.unhealthy_reason(e.id)
+            )
+            free = len(pool) - unhealthy - allocated
+            counts.append(DeviceCounts(name, free, allocated, unhealthy))
+        stats = self.reconciler.stats
+        return StateSnapshot(
+            devices=counts,
+            host_agent_up=self.reconciler.health.reachable,
+            releases=dict(stats.releases),
+            held_back=dict(stats.held_back),
+            repairs=dict(stats.repairs),
+        )
+
+    def _attached(self, name: str, entry: PoolDevice) -> bool:
+        """Its port exists on the xPU (last pass) or an Allocate attached it since."""
+        return entry.spec.port_id in self.reconciler.owned or entry.id in (
+            self.allocators[name].attached_at
+        )
+
+    def debug_state(self) -> dict[str, object]:
+        """Pools, devices, their ports and who is registered: for `xpu-bridge status`."""
+        owned = self.reconciler.owned
+        registered = self.registrar.registered if self.registrar else set()
+        return {
+            "hostAgent": {
+                "endpoint": self.client.endpoint,
+                "reachable": self.reconciler.health.reachable,
+            },
+            "kubeletRestarts": self.registrar.kubelet_restarts if self.registrar else 0,
+            "ready": self.not_ready() is None,
+            "notReadyReason": self.not_ready(),
+            "pools": {
+                name: {
+                    "registered": name in registered,
+                    "devices": [
+                        {
+                            "id": e.id,
+                            "pci": e.device.pci_address,
+                            "pf": e.device.pf_name,
+                            "health": pool.unhealthy_reason(e.id) or "Healthy",
+                            "port": e.spec.port_id,
+                            "portState": owned[e.spec.port_id].oper.name
+                            if e.spec.port_id in owned
+                            else None,
+                        }
+                        for e in pool.devices()
+                    ],
+                }
+                for name, pool in self.pools.items()
+            },
+        }

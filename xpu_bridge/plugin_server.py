@@ -14,6 +14,7 @@ import grpc
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.allocator import AllocationError, Allocator, ContainerAllocation, UnknownDevice
+from xpu_bridge.metrics import Metrics
 from xpu_bridge.pool import DevicePool, DeviceView
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,16 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
     """The kubelet-facing API of one pool; Allocate goes straight to the pool's Allocator."""
 
     def __init__(
-        self, pool: DevicePool, allocator: Allocator, on_stream_lost: Callable[[], None]
+        self,
+        pool: DevicePool,
+        allocator: Allocator,
+        on_stream_lost: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
         self.allocator = allocator
         self._on_stream_lost = on_stream_lost
+        self._metrics = metrics
         self.closing = False
         self.active_streams = 0
         self._generation = 0
@@ -110,19 +116,35 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
     ) -> dp.AllocateResponse:
         containers = [list(c.devices_ids) for c in request.container_requests]
         started = time.monotonic()
+        result = "failed"
         try:
             allocations = await self.allocator.allocate(containers)
+            result = "success"
         except UnknownDevice as error:
+            result = "unknown_device"
             log.warning("Allocate %s %s rejected: %s", self.pool.resource_name, containers, error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except AllocationError as error:
-            log.error("Allocate %s %s failed: %s", self.pool.resource_name, containers, error)
+            result = "unreachable" if error.unreachable else "failed"
+            log.error(
+                "Allocate %s %s failed after %.1f ms: %s",
+                self.pool.resource_name,
+                containers,
+                (time.monotonic() - started) * 1000,
+                error,
+            )
             code = grpc.StatusCode.UNAVAILABLE if error.unreachable else grpc.StatusCode.INTERNAL
             await context.abort(code, f"{self.pool.resource_name}: {error}")
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_allocate(
+                    self.pool.resource_name, result, time.monotonic() - started
+                )
         log.info(
-            "Allocate %s %s ok in %.1f ms",
+            "Allocate %s devices %s ports %s ok in %.1f ms",
             self.pool.resource_name,
             containers,
+            sorted({port for a in allocations for port in a.ports}),
             (time.monotonic() - started) * 1000,
         )
         return dp.AllocateResponse(

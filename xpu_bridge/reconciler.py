@@ -280,6 +280,7 @@ class Reconciler:
             self._holding = guard
 
     async def _delete(self, port: PortState, owner: OwnedDevice | None, reason: str) -> bool:
+        started = self._now()
         try:
             await self.client.delete_port(port.name)
         except PortError as error:
@@ -296,10 +297,11 @@ class Reconciler:
                 log.error("device %s: could not remove device-info file: %s", device, error)
         self.stats.releases[(resource, reason)] += 1
         log.info(
-            "released port %s of device %s (%s): %s",
+            "released port %s of device %s (%s) in %.1f ms: %s",
             port.name,
             device,
             resource,
+            (self._now() - started) * 1000,
             "requested by the release hook" if reason == "hook" else "no container holds it",
         )
         return True

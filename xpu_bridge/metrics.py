@@ -1,0 +1,144 @@
+"""Prometheus metrics of one daemon: counters fed by the hot paths, gauges read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+def package_version() -> str:
+    try:
+        return version("xpu-bridge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCounts:
+    resource: str
+    free: int
+    allocated: int
+    unhealthy: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """What the scrape-time collector needs; the daemon builds it on demand."""
+
+    devices: list[DeviceCounts]
+    host_agent_up: bool
+    releases: dict[tuple[str, str], int]
+    held_back: dict[str, int]
+    repairs: dict[str, int]
+
+
+class _StateCollector(Collector):
+    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._snapshot()
+        devices = GaugeMetricFamily(
+            "xpu_bridge_devices",
+            "Devices per resource by state (free, allocated, unhealthy)",
+            labels=["resource", "state"],
+        )
+        for counts in state.devices:
+            devices.add_metric([counts.resource, "free"], counts.free)
+            devices.add_metric([counts.resource, "allocated"], counts.allocated)
+            devices.add_metric([counts.resource, "unhealthy"], counts.unhealthy)
+        yield devices
+        yield GaugeMetricFamily(
+            "xpu_bridge_host_agent_up",
+            "1 when the OPI host agent answered the last reconcile pass",
+            value=1 if state.host_agent_up else 0,
+        )
+        releases = CounterMetricFamily(
+            "xpu_bridge_releases",
+            "Bridge ports released, by resource and reason",
+            labels=["resource", "reason"],
+        )
+        for (resource, reason), count in sorted(state.releases.items()):
+            releases.add_metric([resource, reason], count)
+        yield releases
+        held_back = CounterMetricFamily(
+            "xpu_bridge_release_held_back",
+            "Reconcile passes whose releases a guard held back, by guard",
+            labels=["guard"],
+        )
+        for guard in ("pod_resources_unreadable", "kubelet_restart", "mass_release"):
+            held_back.add_metric([guard], state.held_back.get(guard, 0))
+        yield held_back
+        repairs = CounterMetricFamily(
+            "xpu_bridge_repairs",
+            "Held devices whose bridge port was re-created, by resource",
+            labels=["resource"],
+        )
+        for resource, count in sorted(state.repairs.items()):
+            repairs.add_metric([resource], count)
+        yield repairs
+
+
+class Metrics:
+    """One registry per daemon, so several daemons (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.allocations = Counter(
+            "xpu_bridge_allocations",
+            "Allocate calls by resource and result",
+            ["resource", "result"],
+            registry=self.registry,
+        )
+        self.allocate_duration = Histogram(
+            "xpu_bridge_allocate_duration_seconds",
+            "Time to answer one Allocate, ports UP included",
+            ["resource"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.opi_requests = Counter(
+            "xpu_bridge_opi_requests",
+            "RPCs to the OPI host agent by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.opi_duration = Histogram(
+            "xpu_bridge_opi_request_duration_seconds",
+            "Duration of one RPC to the OPI host agent",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registrations = Counter(
+            "xpu_bridge_kubelet_registrations",
+            "Successful registrations with the kubelet, by resource",
+            ["resource"],
+            registry=self.registry,
+        )
+        Gauge(
+            "xpu_bridge_build_info", "Build information", ["version"], registry=self.registry
+        ).labels(package_version()).set(1)
+
+    def observe_opi(self, method: str, code: str, seconds: float) -> None:
+        self.opi_requests.labels(method, code).inc()
+        self.opi_duration.labels(method).observe(seconds)
+
+    def observe_allocate(self, resource: str, result: str, seconds: float) -> None:
+        self.allocations.labels(resource, result).inc()
+        self.allocate_duration.labels(resource).observe(seconds)
+
+    def registered(self, resource: str) -> None:
+        self.registrations.labels(resource).inc()
+
+    def watch_state(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        self.registry.register(_StateCollector(snapshot))

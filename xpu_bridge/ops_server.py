@@ -1,0 +1,112 @@
+"""Operations endpoint: /metrics, /healthz, /readyz and /debug/state on one port, in the event loop.
+
+A few GET routes do not justify a web framework; answering from the event loop itself is also
+what makes /healthz meaningful (it fails when the loop is stuck).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xpu_bridge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 5.0
+MAX_HEADER_LINES = 100
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           503: "Service Unavailable"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`0.0.0.0:9109`, `[::]:9109`, `localhost:0` -> (host, port); ValueError names the problem."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not host:port (e.g. 0.0.0.0:9109)")
+    return host, int(port)
+
+
+class OpsServer:
+    def __init__(
+        self,
+        address: str,
+        metrics: Metrics,
+        not_ready: Callable[[], str | None],
+        state: Callable[[], dict[str, object]],
+    ) -> None:
+        self.host, self.port = parse_address(address)
+        self._metrics = metrics
+        self._not_ready = not_ready
+        self._state = state
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("serving /metrics, /healthz, /readyz, /debug/state on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def route(self, method: str, path: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"only GET\n")
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return Response(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            return Response(200, b"ok\n")
+        if path == "/readyz":
+            reason = self._not_ready()
+            return Response(503, f"{reason}\n".encode()) if reason else Response(200, b"ready\n")
+        if path == "/debug/state":
+            body = json.dumps(self._state(), indent=2, sort_keys=True).encode() + b"\n"
+            return Response(200, body, "application/json")
+        return Response(404, b"try /metrics, /healthz, /readyz or /debug/state\n")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            response, head_only = await self._respond(reader)
+            writer.write(
+                f"HTTP/1.1 {response.status} {REASONS[response.status]}\r\n"
+                f"Content-Type: {response.content_type}\r\n"
+                f"Content-Length: {len(response.body)}\r\nConnection: close\r\n\r\n".encode()
+            )
+            if not head_only:
+                writer.write(response.body)
+            await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+        request = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+        parts = request.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return Response(400, b"bad request line\n"), False
+        for _ in range(MAX_HEADER_LINES):
+            if (await asyncio.wait_for(reader.readline(), READ_TIMEOUT)).strip() == b"":
+                break
+        method, path = parts[0], parts[1]
+        return self.route(method, path), method == "HEAD"

@@ -1,0 +1,105 @@
+"""Operator reports: `inventory` (what sysfs shows, where it goes) and `status` (a live daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from xpu_bridge.config import Config
+from xpu_bridge.inventory import Device, discover
+from xpu_bridge.selection import PoolMatcher
+
+FETCH_TIMEOUT = 5.0
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _pool_of(matcher: PoolMatcher | None, device: Device) -> tuple[str | None, str]:
+    """(pool name or None, the one-line explanation)."""
+    if matcher is None:
+        return None, "no --config given"
+    matching = matcher.matching(device)
+    return (matching[0].name if matching else None), matcher.explain(device)
+
+
+def inventory_report(sysfs_root: Path, config: Config | None, as_json: bool) -> str:
+    found = discover(sysfs_root)
+    matcher = PoolMatcher(config) if config is not None else None
+    entries = [(device, *_pool_of(matcher, device)) for device in found.devices]
+    if as_json:
+        return json.dumps(
+            {
+                "devices": [
+                    {**asdict(device), "pool": pool, "explanation": why}
+                    for device, pool, why in entries
+                ],
+                "problems": list(found.problems),
+            },
+            indent=2,
+        )
+    rows = [
+        (
+            device.id,
+            device.kind.upper(),
+            device.pci_address,
+            device.pf_name or "-",
+            device.netdev or "-",
+            device.mac or "-",
+            device.driver or "-",
+            "-" if device.numa_node is None else str(device.numa_node),
+            pool or ("-" if matcher is None else "none: " + why.split(" joins no pool: ", 1)[-1]),
+        )
+        for device, pool, why in entries
+    ]
+    header = ("DEVICE", "KIND", "PCI", "PF", "NETDEV", "MAC", "DRIVER", "NUMA", "POOL")
+    lines = [table(header, rows), f"{len(rows)} function(s) under {sysfs_root}"]
+    lines += [f"problem: {problem}" for problem in found.problems]
+    return "\n".join(lines)
+
+
+async def fetch_state(host: str, port: int) -> dict[str, Any]:
+    """GET /debug/state from a running daemon's metrics address."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), FETCH_TIMEOUT)
+    try:
+        writer.write(b"GET /debug/state HTTP/1.1\r\nHost: xpu-bridge\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), FETCH_TIMEOUT)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1:2]
+    if status != [b"200"]:
+        raise ValueError(f"/debug/state answered {head.splitlines()[0].decode(errors='replace')}")
+    return json.loads(body)
+
+
+def status_report(state: dict[str, Any]) -> str:
+    agent = state["hostAgent"]
+    lines = [
+        f"host agent {agent['endpoint']}: {'reachable' if agent['reachable'] else 'UNREACHABLE'}",
+        "ready" if state["ready"] else f"not ready: {state['notReadyReason']}",
+        f"kubelet restarts seen: {state['kubeletRestarts']}",
+    ]
+    for name, pool in sorted(state["pools"].items()):
+        devices = pool["devices"]
+        attached = sum(1 for d in devices if d["portState"])
+        lines.append("")
+        lines.append(
+            f"{name}: {'registered' if pool['registered'] else 'NOT registered'}, "
+            f"{len(devices)} device(s), {attached} with a port"
+        )
+        rows = [
+            (d["id"], d["pf"] or "-", d["health"], d["port"], d["portState"] or "-")
+            for d in devices
+        ]
+        lines.append(table(("DEVICE", "PF", "HEALTH", "XPU PORT", "PORT STATE"), rows))
+    return "\n".join(lines)
