@@ -31,6 +31,7 @@ def simulated_config(root: Path) -> dict[str, Any]:
     """Three pools on a 2 PF x 8 VF node with SFs: access, trunk and SF ports."""
     return {
         "hostAgent": {"endpoint": f"unix://{root}/agent.sock", "attachTimeoutSeconds": 5},
+        "release": {"intervalSeconds": 0.5, "graceSeconds": 1, "holdoffSeconds": 10},
         "resourceList": [
             {
                 "resourceName": "red",
@@ -75,7 +76,7 @@ class SimulatedNode:
     agent: SimHostAgent
     kubelet: SimKubelet
     daemon: Daemon
-    deleted: set[str]
+    deleted: dict[str, str]
 
     @classmethod
     async def start(cls, root: Path) -> SimulatedNode:
@@ -100,7 +101,7 @@ class SimulatedNode:
         for resource in (RED, BLUE, GREEN):
             await kubelet.wait_registered(resource, timeout=20)
             await kubelet.wait_for_devices(resource, timeout=20)
-        return cls(root, agent, kubelet, daemon, set())
+        return cls(root, agent, kubelet, daemon, {})
 
     async def stop(self) -> None:
         await self.daemon.stop()
@@ -133,10 +134,29 @@ async def run_pods(node: SimulatedNode, say: Callable[[str], None]) -> list[Assi
     await admit("edge-1", containers=[Container("envoy", {GREEN: 1})])
     await admit("greedy", containers=[Container("app", {RED: 20})])
     kubelet.delete_pod("web-1")
-    node.deleted.add("web-1")
     say("pod web-1: deleted")
+    node.deleted["web-1"] = await wait_released(node, history, "web-1", say)
     await admit("web-3", containers=[Container("nginx", {RED: 1})])
     return history
+
+
+async def wait_released(
+    node: SimulatedNode, history: list[Assignment], pod: str, say: Callable[[str], None]
+) -> str:
+    """The kubelet never says a device is free: the reconciler notices and releases the port."""
+    ports = {
+        node.daemon.pools[item.resource_name].get(device).spec.port_id  # type: ignore[union-attr]
+        for item in history
+        if item.pod == pod
+        for device in item.device_ids
+    }
+    started = time.monotonic()
+    while ports & set(node.agent.ports) and time.monotonic() - started < 15:
+        await asyncio.sleep(0.1)
+    gone = not ports & set(node.agent.ports)
+    verdict = "released" if gone else "still attached"
+    say(f"pod {pod}: port(s) {verdict} after {time.monotonic() - started:.1f}s (reconciler)")
+    return verdict
 
 
 def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, PortState]) -> list[Row]:
@@ -149,7 +169,7 @@ def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, PortSt
             port = ports.get(port_id)
             state = port.oper.name if port else "released"
             if item.pod in node.deleted:
-                state += " (pod deleted)"
+                state = f"{node.deleted[item.pod]} (pod deleted)"
             table.append(
                 Row(
                     item.pod,
