@@ -99,10 +99,7 @@ class Allocator:
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:
-        results = await asyncio.gather(
-            *(self._attacher.ensure_port(entry.spec) for entry in wanted),
-            return_exceptions=True,
-        )
+        results = await self._ensure_ports(wanted)
         attachments = {
             entry.id: result
             for entry, result in zip(wanted, results, strict=True)
@@ -122,6 +119,18 @@ class Allocator:
         raise AllocationError(
             "; ".join(f"device {entry.id}: {_cause(error)}" for entry, error in failures),
             unreachable=all(getattr(error, "unreachable", False) for _, error in failures),
+        )
+
+    async def _ensure_ports(self, wanted: list[PoolDevice]) -> list[Attachment | BaseException]:
+        """Concurrently; a single device (the common case) skips the task machinery."""
+        if len(wanted) == 1:
+            try:
+                return [await self._attacher.ensure_port(wanted[0].spec)]
+            except Exception as error:
+                return [error]
+        return await asyncio.gather(
+            *(self._attacher.ensure_port(entry.spec) for entry in wanted),
+            return_exceptions=True,
         )
 
     async def _roll_back(

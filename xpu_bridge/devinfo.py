@@ -36,6 +36,7 @@ class DevInfoStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_exists = False
 
     def path_for(self, resource_name: str, device_id: str) -> Path:
         name = f"{resource_name.replace('/', '-')}-{device_id.replace('/', '-')}-device.json"
@@ -48,7 +49,9 @@ class DevInfoStore:
         path = self.path_for(resource_name, device.id)
         temporary = path.with_name(f".{path.name}.tmp")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self._root_exists:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._root_exists = True
             temporary.write_text(json.dumps(device_info(device), separators=(",", ":")))
             os.chmod(temporary, 0o444)
             os.replace(temporary, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +43,15 @@ POLL_MAX = 0.05
 
 Reply = TypeVar("Reply", bound=Message)
 RequestObserver = Callable[[str, str, float], None]
+
+
+def _poll_delays() -> Iterator[float]:
+    """Ask again at once (a fast agent is UP by then), then back off to POLL_MAX."""
+    yield 0.0
+    delay = POLL_FIRST
+    while True:
+        yield delay
+        delay = min(delay * 2, POLL_MAX)
 
 
 def _transient(error: BaseException) -> bool:
@@ -148,7 +157,16 @@ class BridgePortClient:
     async def _call(
         self, method: str, rpc: Callable[..., Awaitable[Reply]], request: Message, budget: _Budget
     ) -> Reply:
-        """One RPC, retried on transient codes with jittered backoff, never past the budget."""
+        """One RPC, retried on transient codes with jittered backoff, never past the budget.
+
+        The first attempt goes straight out: Allocate sits inside pod admission, and the retry
+        machinery is only worth its cost once something failed.
+        """
+        try:
+            return await self._once(method, rpc, request, budget)
+        except grpc.aio.AioRpcError as error:
+            if not _transient(error):
+                raise
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=wait_random_exponential(multiplier=0.02, max=1.0),
@@ -241,9 +259,10 @@ class BridgePortClient:
     async def _poll(
         self, state: PortState, budget: _Budget, done: Callable[[PortState | None], bool]
     ) -> PortState | None:
-        delay = POLL_FIRST
+        delays = _poll_delays()
         current: PortState | None = state
         while not done(current):
+            delay = next(delays)
             if current is not None and current.component_errors:
                 raise PortError(
                     f"port {state.port_id} failed on the xPU: {'; '.join(current.component_errors)}"
@@ -255,7 +274,6 @@ class BridgePortClient:
                     f"{self._config.attach_timeout_seconds:g}s (hostAgent.attachTimeoutSeconds)"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
             current = await self.get_port(state.name, budget)
         return current
 
