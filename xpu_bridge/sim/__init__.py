@@ -1,0 +1,1 @@
+"""Simulators for tests, benchmarks and `xpu-bridge simulate`: OPI host agent, kubelet, sysfs."""
