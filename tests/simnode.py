@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as opi_grpc
@@ -19,44 +21,18 @@ from xpu_bridge.config import Config, parse_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
 from xpu_bridge.sim.host_agent import SimHostAgent
 from xpu_bridge.sim.kubelet import SimKubelet
+from xpu_bridge.sim.scenario import BLUE, BRIDGES, GREEN, RED, simulated_config
 from xpu_bridge.sim.sysfs import FakeSysfs, build_node
 
-BRIDGES = "//network.opiproject.org/bridges/"
-RED = "opi.io/red"
-BLUE = "opi.io/blue"
-GREEN = "opi.io/green"
+__all__ = ["BLUE", "BRIDGES", "GREEN", "RED", "Node", "eventually", "node", "short_root"]
 
 
 def node_config(root: Path, **overrides: Any) -> dict[str, Any]:
-    """red: VFs on both PFs (access), blue: the rest of ens1f1 (trunk), green: SFs."""
-    raw: dict[str, Any] = {
-        "hostAgent": {
-            "endpoint": f"unix://{root}/agent.sock",
-            "rpcTimeoutSeconds": 1,
-            "attachTimeoutSeconds": 3,
-        },
-        "resourceList": [
-            {
-                "resourceName": "red",
-                "selectors": [{"pfNames": ["ens1f0", "ens1f1#0-3"]}],
-                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "red"]},
-            },
-            {
-                "resourceName": "blue",
-                "selectors": [{"pfNames": ["ens1f1#4-15"]}],
-                "bridgePort": {
-                    "type": "trunk",
-                    "logicalBridges": [BRIDGES + "blue-a", BRIDGES + "blue-b"],
-                },
-            },
-            {
-                "resourceName": "green",
-                "deviceType": "auxNetDevice",
-                "selectors": [{"auxTypes": ["sf"]}],
-                "bridgePort": {"type": "access", "logicalBridges": [BRIDGES + "green"]},
-            },
-        ],
-    }
+    """The pools `xpu-bridge simulate` uses (red: VFs on both PFs, access; blue: the rest of
+    ens1f1, trunk; green: SFs), with tight agent timeouts and default release settings."""
+    raw = simulated_config(root)
+    raw["hostAgent"].update(rpcTimeoutSeconds=1, attachTimeoutSeconds=3)
+    del raw["release"]
     raw.update(overrides)
     return raw
 
@@ -96,6 +72,20 @@ class Node:
             registration_poll_seconds=0.05,
             metrics_address=self.metrics_address,
         )
+
+    def run_command(self, *global_flags: str) -> list[str]:
+        """`xpu-bridge [flags] run ...` for this node, its config written to a file first."""
+        config = self.root / "config.yaml"
+        config.write_text(yaml.safe_dump(self.raw_config))
+        return [
+            sys.executable, "-m", "xpu_bridge.cli", *global_flags, "run",
+            "--config", str(config),
+            "--kubelet-dir", str(self.kubelet_dir),
+            "--pod-resources-socket", str(self.root / "pr.sock"),
+            "--sysfs-root", str(self.root / "sys"),
+            "--devinfo-dir", str(self.devinfo_dir),
+            "--metrics-address", "127.0.0.1:0",
+        ]  # fmt: skip
 
     async def start_daemon(self, wait: bool = True) -> Daemon:
         daemon = Daemon(self.options())

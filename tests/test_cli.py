@@ -40,38 +40,9 @@ def test_simulate_prints_the_table_and_exits_zero() -> None:
     assert "Traceback" not in result.stderr
 
 
-def write_config(node: Node) -> Path:
-    path = node.root / "config.yaml"
-    path.write_text(yaml.safe_dump(node.raw_config))
-    return path
-
-
-def run_args(node: Node, config: Path) -> list[str]:
-    return [
-        *CLI,
-        "run",
-        "--config",
-        str(config),
-        "--kubelet-dir",
-        str(node.kubelet_dir),
-        "--pod-resources-socket",
-        str(node.root / "pr.sock"),
-        "--sysfs-root",
-        str(node.root / "sys"),
-        "--devinfo-dir",
-        str(node.devinfo_dir),
-        "--metrics-address",
-        "127.0.0.1:0",
-    ]
-
-
 async def test_run_serves_the_kubelet_and_sigterm_exits_clean(node: Node) -> None:
-    args = run_args(node, write_config(node))
     process = await asyncio.create_subprocess_exec(
-        *args[:3],
-        "--log-format",
-        "json",
-        *args[3:],
+        *node.run_command("--log-format", "json"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -99,7 +70,7 @@ async def test_run_serves_the_kubelet_and_sigterm_exits_clean(node: Node) -> Non
 async def test_run_with_missing_bridge_exits_one_with_one_line(node: Node) -> None:
     node.raw_config["resourceList"][2]["bridgePort"]["logicalBridges"] = ["//x/bridges/none"]
     process = await asyncio.create_subprocess_exec(
-        *run_args(node, write_config(node)),
+        *node.run_command(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},

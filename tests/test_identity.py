@@ -22,7 +22,7 @@ AIP_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 
 pci = st.builds(
     lambda d, b, s, f: f"{d:04x}:{b:02x}:{s:02x}.{f}",
-    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
     st.integers(0, 0xFF),
     st.integers(0, 0x1F),
     st.integers(0, 7),
@@ -50,6 +50,7 @@ def test_round_trip_and_valid(address: str, prefix: str, sfnum: int | None) -> N
         ("vf-0000-3b-02-1", "node7"),  # someone else's (no prefix)
         ("node8-vf-0000-3b-02-1", "node7"),  # another host's
         ("vf-0000-3b-02-9", ""),  # function > 7
+        ("vf-0000-3b-20-1", ""),  # device > 0x1f
         ("vf-0000-3b-02-1-4", ""),  # a VF never has an sfnum
         ("sf-0000-3b-00-0", ""),  # an SF always has one
         ("my-port", ""),

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpu_bridge.config import PCI_ADDRESS
+from xpu_bridge.identity import PCI_ADDRESS
 from xpu_bridge.inventory import Device, Inventory, aux_type, discover
 from xpu_bridge.sim.sysfs import FakeSysfs, PciAddress, build_node, vf_address
 

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import yaml
 from simnode import BLUE, GREEN, RED, Node, eventually
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
@@ -225,26 +224,7 @@ async def test_release_command_line(fast: Node) -> None:
 
 
 async def test_kill_9_then_restart_releases_orphans_and_adopts_held_ports(fast: Node) -> None:
-    config = fast.root / "config.yaml"
-    config.write_text(yaml.safe_dump(fast.raw_config))
-    args = [
-        sys.executable,
-        "-m",
-        "xpu_bridge.cli",
-        "run",
-        "--config",
-        str(config),
-        "--kubelet-dir",
-        str(fast.kubelet_dir),
-        "--pod-resources-socket",
-        str(fast.root / "pr.sock"),
-        "--sysfs-root",
-        str(fast.root / "sys"),
-        "--devinfo-dir",
-        str(fast.devinfo_dir),
-        "--metrics-address",
-        "127.0.0.1:0",
-    ]
+    args = fast.run_command()
 
     async def start() -> asyncio.subprocess.Process:
         after = time.monotonic()

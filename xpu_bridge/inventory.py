@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-PCI_ADDRESS = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
-HEX_ID = re.compile(r"[0-9a-f]{4}")
+from xpu_bridge.identity import HEX_ID, PCI_ADDRESS
+
 MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 VIRTFN = re.compile(r"virtfn(\d{1,5})")
 AUX_NAME = re.compile(r"[^.]+\.([^.]+)\.\d+")

@@ -40,7 +40,7 @@ def simulated_config(root: Path) -> dict[str, Any]:
             },
             {
                 "resourceName": "blue",
-                "selectors": [{"pfNames": ["ens1f1#4-7"]}],
+                "selectors": [{"pfNames": ["ens1f1#4-15"]}],
                 "bridgePort": {
                     "type": "trunk",
                     "logicalBridges": [BRIDGES + "blue-a", BRIDGES + "blue-b"],
