@@ -61,7 +61,10 @@ def add_daemon_paths(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="xpu-bridge", description=__doc__)
+    parser = OneLineParser(
+        prog="xpu-bridge",
+        description="Offer xPU VFs/SFs to the kubelet and attach them to OPI bridge ports.",
+    )
     parser.add_argument(
         "--log-level",
         default=None,

@@ -285,19 +285,19 @@ def parse_config(raw: object) -> Config:
 
 
 def load_config(path: Path) -> Config:
-    """Read a YAML or JSON file (JSON is YAML) and validate it."""
+    """Read a YAML or JSON file and validate it; messages leave the file name to the caller."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+        raise ConfigError([f"cannot read: {error.strerror or error}"]) from None
     except UnicodeDecodeError:
-        raise ConfigError([f"{path}: is not UTF-8 text"]) from None
+        raise ConfigError(["is not UTF-8 text"]) from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError([f"{path}: not valid YAML/JSON{line}: {_short(error)}"]) from None
+        raise ConfigError([f"not valid YAML/JSON{line}: {_short(error)}"]) from None
     return parse_config(raw)
 
 
