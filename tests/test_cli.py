@@ -182,3 +182,38 @@ def test_unwritable_kubelet_dir_is_one_line(tmp_path: Path) -> None:
     )
     assert "Traceback" not in result.stderr
     assert result.returncode != 0
+
+
+async def test_sigterm_while_waiting_for_the_agent_exits_clean(node: Node) -> None:
+    await node.agent.stop()
+    process = await asyncio.create_subprocess_exec(
+        *node.run_command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await asyncio.sleep(1.5)  # start-up is now retrying the logical-bridge check
+        assert process.returncode is None
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert b"stopping" in stderr and b"is serving" not in stderr
+    assert b"Traceback" not in stderr
+
+
+async def test_hook_socket_path_that_is_a_file_is_refused_not_deleted(node: Node) -> None:
+    precious = node.root / "precious.txt"
+    precious.write_text("keep me")
+    node.raw_config["release"] = {"hookSocket": str(precious)}
+    process = await asyncio.create_subprocess_exec(
+        *node.run_command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert precious.read_text() == "keep me"
+    errors = [line for line in stderr.decode().splitlines() if "not a socket" in line]
+    assert errors == [
+        f"xpu-bridge: release.hookSocket: {precious} exists and is not a socket; not removing it"
+    ]

@@ -116,6 +116,8 @@ DELETE = object()
             "hostAgent: tls applies to host:port endpoints only",
         ),
         ("portIdPrefix", "Node7", "portIdPrefix: must be lower-case"),
+        ("portIdPrefix", "node7\n", "portIdPrefix: must be lower-case"),
+        ("resourceList.0.resourceName", "red\n", "resourceList[0].resourceName: must be"),
         ("resourcePrefix", "kubernetes.io", "resourcePrefix: must be a DNS subdomain outside"),
     ],
 )

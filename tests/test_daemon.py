@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import time
 
@@ -15,6 +16,7 @@ from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.daemon import Daemon, StartupError
 from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.sim.kubelet import Container
 
 
 async def test_every_pool_registers_with_options_and_private_socket(node: Node) -> None:
@@ -148,3 +150,24 @@ async def test_kubelet_restart_counts_even_after_a_gap_without_its_socket(node: 
     await eventually(lambda: daemon.registrar.kubelet_restarts == 1)
     assert daemon.registrar.last_kubelet_restart is not None
     await node.kubelet.wait_registered(RED, after=started)
+
+
+async def test_registration_survives_the_kubelet_dir_vanishing(node: Node) -> None:
+    daemon = await node.start_daemon()
+    await node.kubelet.stop()
+    shutil.rmtree(node.kubelet_dir)
+    await asyncio.sleep(0.3)  # the registrar cannot serve its sockets again meanwhile
+    node.kubelet_dir.mkdir()
+    await node.kubelet.start()
+    started = time.monotonic()
+    for resource in (RED, BLUE, GREEN):
+        await node.kubelet.wait_registered(resource, after=started, timeout=15)
+    assert all(not task.done() for task in daemon._tasks)
+
+
+async def test_stop_leaves_ports_attached_for_running_pods(node: Node) -> None:
+    await node.start_daemon()
+    await node.kubelet.admit_pod("p", containers=[Container("c", {RED: 1})])
+    await node.stop_daemon()
+    assert list(node.agent.ports) == ["vf-0000-3b-02-0"]
+    assert node.agent.calls["DeleteBridgePort"] == 0

@@ -163,3 +163,29 @@ def test_status_without_a_daemon_is_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no daemon answers at 127.0.0.1:1" in result.stderr
+
+
+async def test_oversized_request_head_is_431_and_the_server_keeps_serving(ops_node: Node) -> None:
+    daemon = await ops_node.start_daemon()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.ops.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    assert (await http_get(daemon.ops.port, "/healthz"))[0] == 200
+
+
+async def test_healthz_fails_when_a_daemon_loop_dies(ops_node: Node) -> None:
+    daemon = await ops_node.start_daemon()
+
+    async def crash() -> None:
+        raise RuntimeError("boom")
+
+    task = asyncio.create_task(crash(), name="reconciler")
+    task.add_done_callback(daemon._task_ended)
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    status, body = await http_get(daemon.ops.port, "/healthz")
+    assert status == 503
+    assert body == "reconciler loop stopped: RuntimeError('boom')\n"

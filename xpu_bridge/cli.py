@@ -133,12 +133,19 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
     """Start, serve until `stop` is set, then shut down cleanly."""
     daemon = Daemon(options)
+    starting = asyncio.create_task(daemon.start())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await daemon.start()
-        log.info("xpu-bridge is serving %d pool(s)", len(daemon.pools))
-        await stop.wait()
+        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()
+            log.info("xpu-bridge is serving %d pool(s)", len(daemon.pools))
+            await stopping
         log.info("stopping")
     finally:
+        starting.cancel()
+        stopping.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         await daemon.stop()
 
 

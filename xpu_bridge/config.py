@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xpu_bridge.identity import HEX_ID, PCI_ADDRESS
 
-RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?$")
-PF_NAME = re.compile(r"^(?P<name>[^#\s/]+)(#(?P<ranges>.+))?$")
-RANGE_ITEM = re.compile(r"^(\d+)(-(\d+))?$")
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?\Z")
+PF_NAME = re.compile(r"^(?P<name>[^#\s/]+)(#(?P<ranges>.+))?\Z")
+RANGE_ITEM = re.compile(r"^(\d+)(-(\d+))?\Z")
 
 
 class ConfigError(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +74,18 @@ class Daemon:
         self.hook = ReleaseHookServer(hook, self.reconciler.release_now) if hook else None
         self.metrics.watch_state(self.snapshot)
         self.ops = (
-            OpsServer(options.metrics_address, self.metrics, self.not_ready, self.debug_state)
+            OpsServer(
+                options.metrics_address,
+                self.metrics,
+                self.not_live,
+                self.not_ready,
+                self.debug_state,
+            )
             if options.metrics_address
             else None
         )
         self._started = False
+        self.broken: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_conflicts: tuple[str, ...] = ()
 
@@ -109,6 +115,8 @@ class Daemon:
             asyncio.create_task(self._rescan_forever(), name="rescan"),
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         self._started = True
 
     async def _add_pool(self, name: str, resource, assignment: Assignment) -> None:
@@ -195,9 +203,7 @@ class Daemon:
         """Stop serving and remove our sockets; ports stay attached for running pods."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.reconciler.stop()
         if self.hook is not None:
@@ -207,6 +213,17 @@ class Daemon:
         await self.pod_resources.close()
         if self.ops is not None:
             await self.ops.stop()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop that should run forever stopped: fail /healthz so the kubelet restarts us."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        self.broken = f"{task.get_name()} loop stopped: {error!r}"
+        log.error("%s; /healthz now fails so that the pod is restarted", self.broken)
+
+    def not_live(self) -> str | None:
+        return self.broken
 
     def not_ready(self) -> str | None:
         """Why the node should not get pods yet, or None when it may."""

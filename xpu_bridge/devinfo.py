@@ -62,4 +62,10 @@ class DevInfoStore:
         return path
 
     def remove(self, resource_name: str, device_id: str) -> None:
-        self.path_for(resource_name, device_id).unlink(missing_ok=True)
+        path = self.path_for(resource_name, device_id)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise DevInfoError(
+                f"device {device_id}: cannot remove device-info file {path}: {error.strerror}"
+            ) from None

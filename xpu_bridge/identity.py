@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 # Domains can have up to 8 hex digits (Intel VMD uses 10000+); devices stop at 0x1f.
-PCI_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$")
-HEX_ID = re.compile(r"^[0-9a-f]{4}$")
-PORT_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
+PCI_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])\Z")
+HEX_ID = re.compile(r"^[0-9a-f]{4}\Z")
+PORT_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]\Z")
 BODY = re.compile(
     r"^(?P<kind>vf|sf)-(?P<dom>[0-9a-f]{4,8})-(?P<bus>[0-9a-f]{2})-(?P<dev>[01][0-9a-f])-(?P<fn>[0-7])"
-    r"(-(?P<sfnum>\d{1,10}))?$"
+    r"(-(?P<sfnum>\d{1,10}))?\Z"
 )
-MAC_TEXT = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAC_TEXT = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from xpu_bridge.identity import HEX_ID, PCI_ADDRESS
+from xpu_bridge.identity import HEX_ID, MAC_TEXT, PCI_ADDRESS
 
-MAC = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}")
 VIRTFN = re.compile(r"virtfn(\d{1,5})")
 AUX_NAME = re.compile(r"[^.]+\.([^.]+)\.\d+")
 UPLINK_PORT = re.compile(r"p\d+")
@@ -191,7 +190,7 @@ class _Dir:
             if name is None:
                 return None, None
             mac = (self.text(f"{name}/address", net) or "").lower()
-            return name, mac if MAC.fullmatch(mac) else None
+            return name, mac if MAC_TEXT.fullmatch(mac) else None
         finally:
             os.close(net)
 

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 5.0
 MAX_HEADER_LINES = 100
+MAX_LINE = 8192
+MAX_CONNECTIONS = 32
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           503: "Service Unavailable"}  # fmt: skip
+           431: "Request Header Fields Too Large", 503: "Service Unavailable"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +48,22 @@ class OpsServer:
         self,
         address: str,
         metrics: Metrics,
+        not_live: Callable[[], str | None],
         not_ready: Callable[[], str | None],
         state: Callable[[], dict[str, object]],
     ) -> None:
         self.host, self.port = parse_address(address)
         self._metrics = metrics
+        self._not_live = not_live
         self._not_ready = not_ready
         self._state = state
         self._server: asyncio.Server | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, limit=MAX_LINE
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("serving /metrics, /healthz, /readyz, /debug/state on %s:%d", self.host, self.port)
 
@@ -73,7 +80,8 @@ class OpsServer:
         if path == "/metrics":
             return Response(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST)
         if path == "/healthz":
-            return Response(200, b"ok\n")
+            broken = self._not_live()
+            return Response(503, f"{broken}\n".encode()) if broken else Response(200, b"ok\n")
         if path == "/readyz":
             reason = self._not_ready()
             return Response(503, f"{reason}\n".encode()) if reason else Response(200, b"ready\n")
@@ -83,8 +91,18 @@ class OpsServer:
         return Response(404, b"try /metrics, /healthz, /readyz or /debug/state\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._slots.locked():
+            writer.close()
+            return
+        async with self._slots:
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            response, head_only = await self._respond(reader)
+            try:
+                response, head_only = await asyncio.wait_for(self._respond(reader), READ_TIMEOUT)
+            except (ValueError, asyncio.LimitOverrunError):
+                response, head_only = Response(431, b"request head too large\n"), False
             writer.write(
                 f"HTTP/1.1 {response.status} {REASONS[response.status]}\r\n"
                 f"Content-Type: {response.content_type}\r\n"
@@ -101,12 +119,14 @@ class OpsServer:
                 await writer.wait_closed()
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
-        request = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
-        parts = request.decode("latin-1").split()
+        """Parse the request head (the whole head within READ_TIMEOUT) and route it."""
+        parts = (await reader.readline()).decode("latin-1").split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return Response(400, b"bad request line\n"), False
         for _ in range(MAX_HEADER_LINES):
-            if (await asyncio.wait_for(reader.readline(), READ_TIMEOUT)).strip() == b"":
+            if (await reader.readline()).strip() == b"":
                 break
+        else:
+            return Response(431, b"too many header lines\n"), False
         method, path = parts[0], parts[1]
         return self.route(method, path), method == "HEAD"

@@ -16,6 +16,7 @@ from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.allocator import AllocationError, Allocator, ContainerAllocation, UnknownDevice
 from xpu_bridge.metrics import Metrics
 from xpu_bridge.pool import DevicePool, DeviceView
+from xpu_bridge.sockets import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +170,11 @@ class PluginEndpoint:
         self._inode: int | None = None
 
     async def start(self) -> None:
-        self.path.unlink(missing_ok=True)
+        remove_stale_socket(self.path, "device plugin socket")
         server = grpc.aio.server()
         dp_grpc.add_DevicePluginServicer_to_server(self.service, server)
         server.add_insecure_port(f"unix://{self.path}")
-        old_mask = os.umask(0o077)
-        try:
-            await server.start()
-        finally:
-            os.umask(old_mask)
+        await server.start()
         os.chmod(self.path, 0o600)
         self._inode = self.path.stat().st_ino
         self._server = server

@@ -49,6 +49,7 @@ class KubeletRegistrar:
         self._next_try: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def registered(self) -> set[str]:
@@ -63,7 +64,9 @@ class KubeletRegistrar:
                 self._pending.add(resource_name)
                 self._wake.set()
 
-        asyncio.get_running_loop().create_task(settle())
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _kubelet_identity(self) -> tuple[int, int] | None:
         try:
@@ -73,12 +76,24 @@ class KubeletRegistrar:
         return (stat.st_ino, stat.st_ctime_ns)
 
     async def run(self) -> None:
-        """Runs until cancelled."""
-        while True:
-            await self._tick()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        """Runs until cancelled; a failing tick is logged and tried again, never fatal."""
+        try:
+            while True:
+                try:
+                    await self._tick()
+                except Exception:
+                    log.exception("registration check failed; trying again")
+                    await asyncio.sleep(1.0)
+                await self._wait()
+        finally:
+            for task in self._settling:
+                task.cancel()
+
+    async def _wait(self) -> None:
+        """Until the next poll, or sooner when a lost stream asks for a registration."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     async def _tick(self) -> None:
         identity = self._kubelet_identity()
@@ -94,7 +109,11 @@ class KubeletRegistrar:
         for endpoint in self.endpoints:
             if not endpoint.socket_intact():
                 log.info("socket %s is gone; serving it again", endpoint.path)
-                await endpoint.restart()
+                try:
+                    await endpoint.restart()
+                except OSError as error:
+                    log.error("cannot serve %s again: %s; retrying", endpoint.path, error)
+                    continue
                 self._pending.add(endpoint.resource_name)
         if identity is None or not self._pending:
             return

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xpu_bridge.reconciler import ReleaseResult
+from xpu_bridge.sockets import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def encode(result: ReleaseResult) -> bytes:
 
 
 class ReleaseHookServer:
-    """Serves the hook; the socket is created 0600 so only root (the CNI) can use it."""
+    """Serves the hook; the socket is made 0600 so only root (the CNI) can use it."""
 
     def __init__(self, path: Path, release: Callable[[str], Awaitable[ReleaseResult]]) -> None:
         self.path = path
@@ -44,14 +45,10 @@ class ReleaseHookServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.unlink(missing_ok=True)
-        old_mask = os.umask(0o077)
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._handle, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old_mask)
+        remove_stale_socket(self.path, "release.hookSocket")
+        self._server = await asyncio.start_unix_server(
+            self._handle, path=str(self.path), limit=MAX_REQUEST
+        )
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
@@ -59,7 +56,7 @@ class ReleaseHookServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        self.path.unlink(missing_ok=True)
+            remove_stale_socket(self.path, "release.hookSocket")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
