@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -85,3 +86,17 @@ async def test_properties(available: set[tuple[int, int]], size: int, data: st.D
 def test_env_name_follows_sriov_convention() -> None:
     assert env_name("opi.io/red") == "PCIDEVICE_OPI_IO_RED"
     assert env_name("example.com/my-pool") == "PCIDEVICE_EXAMPLE_COM_MY_POOL"
+
+
+async def test_mac_survives_the_netdev_leaving_the_host() -> None:
+    pool = make_pool()
+    with_mac = replace(vf(0, 1), mac="0c:42:a1:00:3b:11", netdev="ens1f0v1")
+    await pool.replace_devices([with_mac])
+    spec = pool.get(with_mac.id).spec
+    moved = replace(with_mac, mac=None, netdev=None)  # the CNI moved it into a pod
+    await pool.replace_devices([moved])
+    assert pool.get(with_mac.id).spec == spec
+    assert spec.mac == bytes.fromhex("0c42a100 3b11".replace(" ", ""))
+    rebound = replace(with_mac, mac="0c:42:a1:00:3b:99")
+    await pool.replace_devices([rebound])
+    assert pool.get(with_mac.id).spec.mac == bytes.fromhex("0c42a1003b99")

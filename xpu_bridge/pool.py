@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xpu_bridge.config import ResourceConfig
 from xpu_bridge.identity import PortKey, mac_bytes, port_id_for
@@ -93,13 +93,21 @@ class DevicePool:
         """Install a rescan's result; returns whether the device set changed."""
         fresh = {
             device.id: PoolDevice(device, port_spec(device, self.resource, self._prefix))
-            for device in devices
+            for device in map(self._keep_mac, devices)
         }
         if fresh == self._devices:
             return False
         self._devices = dict(sorted(fresh.items()))
         await self._bump()
         return True
+
+    def _keep_mac(self, device: Device) -> Device:
+        """A VF's netdev leaves the host when a CNI moves it into a pod: its port's MAC must
+        not change because of that, so a MAC once seen is kept while sysfs shows none."""
+        known = self._devices.get(device.id)
+        if device.mac or known is None or not known.device.mac:
+            return device
+        return replace(device, mac=known.device.mac)
 
     async def set_health(self, unhealthy: dict[str, str]) -> bool:
         """Mark exactly these devices Unhealthy (value: why); returns whether anything flipped."""
