@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import NoReturn
 
-from xpu_bridge.config import Config, ConfigError, load_config
+from xpu_bridge.config import Config, ConfigError, ResourceConfig, load_config
 from xpu_bridge.daemon import Daemon, DaemonOptions, StartupError
 from xpu_bridge.logs import setup_logging
 from xpu_bridge.ops_server import parse_address
@@ -220,7 +220,7 @@ async def release_command(args: argparse.Namespace) -> int:
     return EXIT_OK if result.released else EXIT_FAILURE
 
 
-def _describe(resource) -> str:
+def _describe(resource: ResourceConfig) -> str:
     bridge = resource.bridge_port
     return f"{resource.device_type}, {bridge.type} port on {', '.join(bridge.logical_bridges)}"
 

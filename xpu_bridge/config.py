@@ -9,6 +9,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from xpu_bridge.identity import HEX_ID, PCI_ADDRESS
 
@@ -247,7 +248,7 @@ class Config(StrictModel):
         return f"{resource.resource_prefix or self.resource_prefix}/{resource.resource_name}"
 
 
-def _location(loc: tuple[int | str, ...], raw: object) -> str:
+def _location(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location as `resourceList[0].bridgePort.type`."""
     parts: list[str] = []
     for item in loc:
@@ -260,7 +261,7 @@ def _location(loc: tuple[int | str, ...], raw: object) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key"
@@ -270,8 +271,8 @@ def _message(error: dict) -> str:
     return message.removeprefix("Value error, ")
 
 
-def validation_problems(error: ValidationError, raw: object) -> list[str]:
-    return [f"{_location(e['loc'], raw)}: {_message(e)}" for e in error.errors()]
+def validation_problems(error: ValidationError) -> list[str]:
+    return [f"{_location(e['loc'])}: {_message(e)}" for e in error.errors()]
 
 
 def parse_config(raw: object) -> Config:
@@ -281,7 +282,7 @@ def parse_config(raw: object) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(validation_problems(error, raw)) from None
+        raise ConfigError(validation_problems(error)) from None
 
 
 def load_config(path: Path) -> Config:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xpu_bridge.allocator import Allocator
-from xpu_bridge.config import Config
+from xpu_bridge.config import Config, ResourceConfig
 from xpu_bridge.devinfo import DevInfoStore
 from xpu_bridge.inventory import discover
 from xpu_bridge.metrics import DeviceCounts, Metrics, StateSnapshot
@@ -119,7 +119,7 @@ class Daemon:
             task.add_done_callback(self._task_ended)
         self._started = True
 
-    async def _add_pool(self, name: str, resource, assignment: Assignment) -> None:
+    async def _add_pool(self, name: str, resource: ResourceConfig, assignment: Assignment) -> None:
         pool = DevicePool(name, resource, self.config.port_id_prefix)
         await pool.replace_devices(assignment.pools.get(name, ()))
         allocator = Allocator(pool, self.client, self.devinfo)
