@@ -255,3 +255,28 @@ async def test_kill_9_then_restart_releases_orphans_and_adopts_held_ports(fast: 
         second.send_signal(signal.SIGTERM)
         await asyncio.wait_for(second.wait(), 30)
     assert second.returncode == 0
+
+
+async def test_a_release_pass_never_deletes_a_port_handed_out_meanwhile(fast: Node) -> None:
+    fast.raw_config["release"]["holdoffSeconds"] = 0
+    await fast.start_daemon()
+    keep = [(await admit(fast, f"k{i}"))[0] for i in range(7)]
+    for i in range(5):
+        await admit(fast, f"a{i}")
+    await asyncio.sleep(GRACE)
+    fast.agent.set_latency("DeleteBridgePort", 0.1)  # the pass deletes its 5 ports slowly
+    deletes = fast.agent.calls["DeleteBridgePort"]
+    for i in range(5):
+        fast.kubelet.delete_pod(f"a{i}")
+    await eventually(lambda: fast.agent.calls["DeleteBridgePort"] > deletes, interval=0.001)
+    taken = await admit(fast, "b", count=5)  # takes the same 5 devices mid-pass
+    fast.agent.set_latency("DeleteBridgePort", 0)
+    lost: set[str] = set()
+    for _ in range(100):
+        for device in taken:
+            port = fast.agent.ports.get(port_of(device))
+            if port is None or port.status.oper_status != opi.BP_OPER_STATUS_UP:
+                lost.add(device)
+        await asyncio.sleep(0.005)
+    assert not lost, f"pod b holds {taken}; ports lost after admission: {sorted(lost)}"
+    assert all(port_of(device) in fast.agent.ports for device in keep)

@@ -56,6 +56,16 @@ class Allocator:
         self._devinfo = devinfo
         self.attached_at: dict[str, float] = {}
         self.attaching: set[str] = set()
+        self._release_locks: dict[str, asyncio.Lock] = {}
+
+    def release_lock(self, device_id: str) -> asyncio.Lock:
+        """Held by whoever deletes the device's port, from its last recently_attached() check
+        until the delete is done; allocate() waits for it, so a port it hands out is never one
+        that a release already in flight is about to delete."""
+        lock = self._release_locks.get(device_id)
+        if lock is None:
+            lock = self._release_locks[device_id] = asyncio.Lock()
+        return lock
 
     def recently_attached(self, device_id: str, grace: float) -> bool:
         """True while an Allocate for the device runs, and for `grace` seconds after it.
@@ -82,8 +92,13 @@ class Allocator:
         resolved = self.resolve(containers)
         wanted = list({entry.id: entry for ids in resolved for entry in ids}.values())
         device_ids = {entry.id for entry in wanted}
-        self.attaching |= device_ids
+        self.attaching |= device_ids  # from here on, releases of these devices back off
         try:
+            for device_id in sorted(device_ids):
+                lock = self._release_locks.get(device_id)
+                if lock is not None and lock.locked():
+                    async with lock:  # a release that started before us finishes first
+                        pass
             attachments = await self._attach_all(wanted)
             try:
                 for entry in wanted:

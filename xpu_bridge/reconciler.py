@@ -247,7 +247,16 @@ class Reconciler:
             log.info("release guard %s lifted", self._holding)
             self._holding = None
         for port_id in sorted(confirmed):
-            await self._delete(owned[port_id], by_port.get(port_id), "unheld")
+            owner = by_port.get(port_id)
+            if owner is None:
+                await self._delete(owned[port_id], None, "unheld")
+                continue
+            # Earlier deletes of this pass took time: an Allocate may have taken the device.
+            async with owner.allocator.release_lock(owner.entry.id):
+                if self._busy(owner):
+                    log.info("port %s not released: its device was just allocated", port_id)
+                    continue
+                await self._delete(owned[port_id], owner, "unheld")
 
     def _guard(self, confirmed: set[str], owned: dict[str, PortState]) -> tuple[str, str] | None:
         now = self._now()
@@ -366,13 +375,14 @@ class Reconciler:
         if owner is None:
             return ReleaseResult(False, f"device {device_id} is not in any pool of this node")
         name, entry, allocator = owner.pool.resource_name, owner.entry, owner.allocator
+        too_recent = ReleaseResult(
+            False,
+            f"device {device_id} was attached less than "
+            f"{self.release_config.grace_seconds:g}s ago (release.graceSeconds); "
+            "the reconciler will release it when no container holds it",
+        )
         if allocator.recently_attached(device_id, self.release_config.grace_seconds):
-            return ReleaseResult(
-                False,
-                f"device {device_id} was attached less than "
-                f"{self.release_config.grace_seconds:g}s ago (release.graceSeconds); "
-                "the reconciler will release it when no container holds it",
-            )
+            return too_recent
         try:
             held = await self.pod_resources.held(set(self.pools))
         except PodResourcesUnavailable as error:
@@ -386,8 +396,11 @@ class Reconciler:
         port = owned.get(entry.spec.port_id)
         if port is None:
             return ReleaseResult(True, f"device {device_id} has no port on the xPU")
-        if not await self._delete(port, owner, "hook"):
-            return ReleaseResult(False, f"device {device_id}: deleting {port.name} failed")
+        async with allocator.release_lock(device_id):
+            if allocator.recently_attached(device_id, self.release_config.grace_seconds):
+                return too_recent  # an Allocate took the device while we checked
+            if not await self._delete(port, owner, "hook"):
+                return ReleaseResult(False, f"device {device_id}: deleting {port.name} failed")
         return ReleaseResult(True, f"released port {port.name} of device {device_id}", port.name)
 
     async def stop(self) -> None:
