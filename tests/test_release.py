@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from simnode import BLUE, GREEN, RED, Node, eventually
+from simnode import BLUE, BRIDGES, GREEN, RED, Node, eventually
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from xpu_bridge.release_hook import request_release
@@ -280,3 +280,32 @@ async def test_a_release_pass_never_deletes_a_port_handed_out_meanwhile(fast: No
         await asyncio.sleep(0.005)
     assert not lost, f"pod b holds {taken}; ports lost after admission: {sorted(lost)}"
     assert all(port_of(device) in fast.agent.ports for device in keep)
+
+
+async def test_no_release_during_the_holdoff_after_start(fast: Node) -> None:
+    await fast.agent_client_create(
+        "vf-0000-3b-02-7", bytes.fromhex("0c42a1003b17"), BRIDGES + "red"
+    )  # left by an earlier run of the daemon; no container holds 0000:3b:02.7
+    await fast.start_daemon()
+    started = time.monotonic()
+    await eventually(lambda: fast.daemon.reconciler.stats.held_back["startup"] >= 2)
+    if time.monotonic() - started < HOLDOFF - 0.2:
+        assert "vf-0000-3b-02-7" in fast.agent.ports
+    await eventually(lambda: "vf-0000-3b-02-7" not in fast.agent.ports, timeout=HOLDOFF + 10)
+    assert time.monotonic() - started >= HOLDOFF - 0.5
+
+
+async def test_held_sf_that_vanishes_from_sysfs_keeps_its_port(fast: Node) -> None:
+    fast.raw_config["release"]["holdoffSeconds"] = 0
+    await fast.start_daemon()
+    (sf,) = await admit(fast, "edge", GREEN)
+    (port_id,) = [p for p in fast.agent.ports if p.startswith("sf-")]
+    await asyncio.sleep(GRACE)
+    (handle,) = [h for h in fast.sysfs.sfs if h.name == sf]
+    fast.sysfs.remove_sf(handle)  # a devlink reload while the pod runs
+    await fast.daemon.rescan()
+    assert fast.daemon.pools[GREEN].get(sf) is None
+    passes = fast.daemon.reconciler.stats.passes
+    await eventually(lambda: fast.daemon.reconciler.stats.passes >= passes + 6)
+    assert port_id in fast.agent.ports
+    assert fast.agent.calls["DeleteBridgePort"] == 0

@@ -108,9 +108,9 @@ class Allocator:
                 raise AllocationError(str(error)) from None
         finally:
             self.attaching -= device_ids
-            now = time.monotonic()
-            for device_id in device_ids:
-                self.attached_at[device_id] = now
+        now = time.monotonic()
+        for device_id in device_ids:
+            self.attached_at[device_id] = now
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:

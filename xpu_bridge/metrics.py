@@ -75,7 +75,7 @@ class _StateCollector(Collector):
             "Reconcile passes whose releases a guard held back, by guard",
             labels=["guard"],
         )
-        for guard in ("pod_resources_unreadable", "kubelet_restart", "mass_release"):
+        for guard in ("pod_resources_unreadable", "startup", "kubelet_restart", "mass_release"):
             held_back.add_metric([guard], state.held_back.get(guard, 0))
         yield held_back
         repairs = CounterMetricFamily(

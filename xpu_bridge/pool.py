@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 
 from xpu_bridge.config import ResourceConfig
-from xpu_bridge.identity import PortKey, mac_bytes, port_id_for
+from xpu_bridge.identity import PortKey, mac_bytes, mac_text, port_id_for
 from xpu_bridge.inventory import Device
 from xpu_bridge.ports import PortSpec
 
@@ -68,6 +68,7 @@ class DevicePool:
         self.env_name = env_name(resource_name)
         self._prefix = port_id_prefix
         self._devices: dict[str, PoolDevice] = {}
+        self._known_ports: dict[str, str] = {}
         self._unhealthy: dict[str, str] = {}
         self._version = 0
         self._changed = asyncio.Condition()
@@ -77,6 +78,10 @@ class DevicePool:
 
     def get(self, device_id: str) -> PoolDevice | None:
         return self._devices.get(device_id)
+
+    def known_port_id(self, device_id: str) -> str | None:
+        """The port ID of any device this pool has had, even one sysfs no longer shows."""
+        return self._known_ports.get(device_id)
 
     def devices(self) -> list[PoolDevice]:
         return list(self._devices.values())
@@ -95,11 +100,21 @@ class DevicePool:
             device.id: PoolDevice(device, port_spec(device, self.resource, self._prefix))
             for device in map(self._keep_mac, devices)
         }
+        self._known_ports.update((i, entry.spec.port_id) for i, entry in fresh.items())
         if fresh == self._devices:
             return False
         self._devices = dict(sorted(fresh.items()))
         await self._bump()
         return True
+
+    async def adopt_mac(self, device_id: str, mac: bytes) -> None:
+        """At start-up, a held port's MAC wins over one derived because sysfs showed none."""
+        entry = self._devices.get(device_id)
+        if entry is None or entry.spec.mac == mac:
+            return
+        device = replace(entry.device, mac=mac_text(mac))
+        self._devices[device_id] = PoolDevice(device, replace(entry.spec, mac=mac))
+        await self._bump()
 
     def _keep_mac(self, device: Device) -> Device:
         """A VF's netdev leaves the host when a CNI moves it into a pod: its port's MAC must

@@ -14,13 +14,19 @@ from xpu_bridge.config import Config
 from xpu_bridge.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.identity import PortKey, parse_port_id, port_id_for
 from xpu_bridge.opi_client import BridgePortClient
-from xpu_bridge.pod_resources import HeldDevices, PodResourcesClient, PodResourcesUnavailable
+from xpu_bridge.pod_resources import (
+    HeldDevices,
+    Holder,
+    PodResourcesClient,
+    PodResourcesUnavailable,
+)
 from xpu_bridge.pool import DevicePool, PoolDevice
 from xpu_bridge.ports import OperStatus, PortError, PortState
 
 log = logging.getLogger(__name__)
 
 AGENT_UNREACHABLE = "host agent unreachable"
+STUCK_DELETE_PASSES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,14 @@ class OwnedDevice:
     pool: DevicePool
     entry: PoolDevice
     allocator: Allocator
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPorts:
+    """What PodResources says is held, as port IDs; `unmapped` are held SFs we never saw."""
+
+    port_ids: set[str]
+    unmapped: set[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,9 @@ class Reconciler:
         self._holding: str | None = None
         self._repairing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unmapped: set[str] = set()
+        self._dying_passes: dict[str, int] = {}
+        self._started_at = float("-inf")
 
     @property
     def interval(self) -> float:
@@ -129,18 +146,21 @@ class Reconciler:
             for entry in pool.devices()
         }
 
-    def _held_port_ids(self, held: HeldDevices) -> set[str]:
+    def _held_port_ids(self, held: HeldDevices) -> HeldPorts:
         """Port IDs of every device a container holds, even one that vanished from sysfs."""
-        port_ids = set()
+        port_ids: set[str] = set()
+        unmapped: set[str] = set()
         for name, pool in self.pools.items():
             for device_id in held.ids(name):
-                entry = pool.get(device_id)
-                if entry is not None:
-                    port_ids.add(entry.spec.port_id)
-                    continue
-                with contextlib.suppress(ValueError):
-                    port_ids.add(port_id_for(PortKey("vf", device_id), self.prefix))
-        return port_ids
+                port_id = pool.known_port_id(device_id)
+                if port_id is None:
+                    with contextlib.suppress(ValueError):
+                        port_id = port_id_for(PortKey("vf", device_id), self.prefix)
+                if port_id is None:
+                    unmapped.add(device_id)
+                else:
+                    port_ids.add(port_id)
+        return HeldPorts(port_ids, unmapped)
 
     async def _owned_ports(self) -> dict[str, PortState] | None:
         """Our ports on the xPU, or None when the agent cannot be reached."""
@@ -157,6 +177,7 @@ class Reconciler:
 
     async def recover(self) -> None:
         """Start-up: adopt ports the kubelet still assigns, make the rest candidates."""
+        self._started_at = self._now()
         owned = await self._owned_ports()
         if owned is None:
             return
@@ -166,8 +187,12 @@ class Reconciler:
         except PodResourcesUnavailable as error:
             log.warning("start-up recovery: %s; releasing nothing until it answers", error)
             return
-        held_ports = self._held_port_ids(held)
+        held_ports = self._held_port_ids(held).port_ids
         adopted = sorted(set(owned) & held_ports)
+        for port_id in adopted:
+            owner = self._by_port().get(port_id)
+            if owner is not None and owner.entry.device.mac is None:
+                await owner.pool.adopt_mac(owner.entry.id, owned[port_id].mac)
         self._previous = set(owned) - held_ports
         log.info(
             "start-up recovery: adopted %d port(s) held by containers, %d candidate(s) to release",
@@ -185,20 +210,25 @@ class Reconciler:
                 log.exception("reconcile pass failed; trying again in %.0fs", self.interval)
 
     async def reconcile(self) -> None:
+        """One pass. PodResources is read before the ports, so a hold it reports is never
+        older than the port state it is compared with."""
         self.stats.passes += 1
-        owned = await self._owned_ports()
-        if owned is None:
-            await self._update_health({})
-            return
-        await self._update_health(owned)
         try:
-            held = await self.pod_resources.held(set(self.pools))
+            held: HeldDevices | None = await self.pod_resources.held(set(self.pools))
+            unreadable = ""
         except PodResourcesUnavailable as error:
-            self._hold_back("pod_resources_unreadable", str(error))
+            held, unreadable = None, str(error)
+        owned = await self._owned_ports()
+        await self._update_health(self.owned if owned is None else owned)
+        if owned is None:
+            return
+        if held is None:
+            self._hold_back("pod_resources_unreadable", unreadable)
             self._previous = set()
             return
         held_ports = self._held_port_ids(held)
         self._repair(held, owned)
+        await self._redelete_stuck(owned)
         await self._release(owned, held_ports)
 
     async def _update_health(self, owned: dict[str, PortState]) -> None:
@@ -227,15 +257,23 @@ class Reconciler:
             owned_device.entry.id, self.release_config.grace_seconds
         )
 
-    async def _release(self, owned: dict[str, PortState], held_ports: set[str]) -> None:
+    async def _release(self, owned: dict[str, PortState], held: HeldPorts) -> None:
         by_port = self._by_port()
         candidates = {
             port_id
             for port_id, port in owned.items()
-            if port_id not in held_ports
+            if port_id not in held.port_ids
             and port.oper is not OperStatus.TO_BE_DELETED
             and not self._busy(by_port.get(port_id))
+            and not (held.unmapped and self._is_sf_port(port_id))
         }
+        if held.unmapped and held.unmapped != self._unmapped:
+            log.warning(
+                "containers hold SF(s) %s that this daemon has not seen in sysfs; "
+                "no SF port is released until they are back or no longer held",
+                ", ".join(sorted(held.unmapped)),
+            )
+        self._unmapped = held.unmapped
         confirmed = candidates & self._previous
         self._previous = candidates
         guard = self._guard(confirmed, owned)
@@ -258,6 +296,20 @@ class Reconciler:
                     continue
                 await self._delete(owned[port_id], owner, "unheld")
 
+    async def _redelete_stuck(self, owned: dict[str, PortState]) -> None:
+        """A port dying for STUCK_DELETE_PASSES passes had its Delete lost: send it again."""
+        dying = {p for p, port in owned.items() if port.oper is OperStatus.TO_BE_DELETED}
+        self._dying_passes = {p: self._dying_passes.get(p, 0) + 1 for p in dying}
+        for port_id, passes in self._dying_passes.items():
+            if passes % STUCK_DELETE_PASSES == 0:
+                log.warning("port %s is still being deleted; sending Delete again", port_id)
+                with contextlib.suppress(PortError):
+                    await self.client.delete_port(owned[port_id].name)
+
+    def _is_sf_port(self, port_id: str) -> bool:
+        key = parse_port_id(port_id, self.prefix)
+        return key is not None and key.kind == "sf"
+
     def _guard(self, confirmed: set[str], owned: dict[str, PortState]) -> tuple[str, str] | None:
         now = self._now()
         holdoff = self.release_config.holdoff_seconds
@@ -266,6 +318,11 @@ class Reconciler:
             self._mass_since = None
         if not confirmed:
             return None
+        if now - self._started_at < holdoff:
+            return "startup", (
+                f"started {now - self._started_at:.0f}s ago; the kubelet may have restarted "
+                f"with us, so no release for {holdoff:g}s (release.holdoffSeconds)"
+            )
         restarted = self.kubelet_restarted_at()
         if restarted is not None and now - restarted < holdoff:
             return "kubelet_restart", (
@@ -340,11 +397,14 @@ class Reconciler:
         entry: PoolDevice,
         port: PortState | None,
         problem: str,
-        holder: object,
+        holder: Holder | None,
     ) -> None:
         try:
             if port is not None and port.oper is OperStatus.DOWN:
-                await self.client.delete_port(port.name)
+                async with self.allocators[pool.resource_name].release_lock(entry.id):
+                    now = await self.client.get_port(port.name)
+                    if now is not None and now.oper is OperStatus.DOWN:
+                        await self.client.delete_port(port.name)
             attachment = await self.client.ensure_port(entry.spec)
         except PortError as error:
             log.error("device %s held by %s: repair failed: %s", entry.id, holder, error)
@@ -410,12 +470,16 @@ class Reconciler:
 
 
 def _port_problem(port: PortState | None, entry: PoolDevice) -> str | None:
+    """Why a held device's port needs re-creating, or None. The MAC is not compared: a pod
+    holds the port, and the MAC sysfs shows can change under it (netdev moved, rebinding)."""
     if port is None:
         return "missing on the xPU"
     if port.oper is OperStatus.TO_BE_DELETED:
         return "being deleted"
     if port.oper is OperStatus.DOWN:
         return "DOWN" + (f" ({'; '.join(port.component_errors)})" if port.component_errors else "")
-    if not port.matches(entry.spec):
+    if port.ptype != entry.spec.ptype or sorted(port.logical_bridges) != sorted(
+        entry.spec.logical_bridges
+    ):
         return "configured differently"
     return None
