@@ -35,6 +35,14 @@ TRANSIENT = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+REFUSED = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
 PTYPE_TO_WIRE = {"access": pb.BRIDGE_PORT_TYPE_ACCESS, "trunk": pb.BRIDGE_PORT_TYPE_TRUNK}
 PTYPE_FROM_WIRE: dict[int, PortType] = {v: k for k, v in PTYPE_TO_WIRE.items()}  # type: ignore[misc]
 LIST_PAGE_SIZE = 250
@@ -197,9 +205,18 @@ class BridgePortClient:
                 self._observer(method, code, loop.time() - started)
 
     def _fail(self, what: str, error: grpc.aio.AioRpcError) -> PortError:
+        """The message names the call, the agent's answer, and what the operator can check."""
         unreachable = error.code() in TRANSIENT
+        if unreachable:
+            hint = f"is the OPI host agent running and reachable at {self.endpoint}?"
+        elif error.code() in REFUSED:
+            hint = "the agent refused it: check resourceList[].bridgePort against its bridges"
+        else:
+            hint = "see the host agent's log"
         where = f" at {self.endpoint}" if unreachable else ""
-        return PortError(f"{what} failed{where}: {_describe(error)}", unreachable=unreachable)
+        return PortError(
+            f"{what} failed{where}: {_describe(error)} ({hint})", unreachable=unreachable
+        )
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:
         """Create (idempotent) or reuse the port, replace a mismatching one, wait until UP."""
