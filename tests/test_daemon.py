@@ -90,16 +90,20 @@ async def test_missing_logical_bridge_stops_start_with_its_name(node: Node) -> N
     node.raw_config["resourceList"][0]["bridgePort"]["logicalBridges"] = [
         "//network.opiproject.org/bridges/nope"
     ]
+    daemon = Daemon(node.options())
     with pytest.raises(StartupError) as caught:
-        await Daemon(node.options()).start()
+        await daemon.start()
+    await daemon.stop()
     assert "//network.opiproject.org/bridges/nope does not exist" in str(caught.value)
     assert not any(node.kubelet_dir.glob("xpu-bridge-*.sock"))
 
 
 async def test_overlapping_pools_are_a_startup_error(node: Node) -> None:
     node.raw_config["resourceList"][1]["selectors"] = [{"pfNames": ["ens1f1"]}]
+    daemon = Daemon(node.options())
     with pytest.raises(StartupError, match=r"0000:3b:0a\.0 matches both"):
-        await Daemon(node.options()).start()
+        await daemon.start()
+    await daemon.stop()
 
 
 async def test_preferred_allocation_over_grpc_spreads_and_honours_must_include(
