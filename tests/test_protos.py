@@ -1,4 +1,5 @@
-"""The committed stubs match the .proto files, and the wire names/numbers match upstream."""
+"""The committed stubs match the .proto files; wire names and numbers match upstream's,
+as read off the upstream files by hand (their text is not copied here)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
 
+from opi_protos.evpn_gw import component_pb2
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
+from opi_protos.opinetcommon import networktypes_pb2 as net
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,6 +149,58 @@ def fields(message) -> dict[str, tuple[int, int, bool]]:
 )
 def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
     assert fields(message) == expected
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (component_pb2.Component, {"name": (1, F.TYPE_STRING, False),
+                                   "status": (2, F.TYPE_ENUM, False),
+                                   "details": (3, F.TYPE_STRING, False)}),
+        (net.IPAddress, {"af": (1, F.TYPE_ENUM, False), "v4_addr": (2, F.TYPE_FIXED32, False),
+                         "v6_addr": (3, F.TYPE_BYTES, False)}),
+        (net.IPPrefix, {"addr": (1, F.TYPE_MESSAGE, False), "len": (2, F.TYPE_INT32, False)}),
+        (opi.GetBridgePortRequest, {"name": (1, F.TYPE_STRING, False)}),
+        (opi.UpdateBridgePortRequest, {"bridge_port": (1, F.TYPE_MESSAGE, False),
+                                       "update_mask": (2, F.TYPE_MESSAGE, False),
+                                       "allow_missing": (3, F.TYPE_BOOL, False)}),
+        (opi.GetLogicalBridgeRequest, {"name": (1, F.TYPE_STRING, False)}),
+        (opi.LogicalBridgeStatus, {"oper_status": (1, F.TYPE_ENUM, False),
+                                   "components": (2, F.TYPE_MESSAGE, True)}),
+        (dp.DevicePluginOptions, {"pre_start_required": (1, F.TYPE_BOOL, False),
+                                  "get_preferred_allocation_available": (2, F.TYPE_BOOL, False)}),
+        (dp.DeviceSpec, {"container_path": (1, F.TYPE_STRING, False),
+                         "host_path": (2, F.TYPE_STRING, False),
+                         "permissions": (3, F.TYPE_STRING, False)}),
+        (dp.NUMANode, {"ID": (1, F.TYPE_INT64, False)}),
+        (pr.PodResources, {"name": (1, F.TYPE_STRING, False),
+                           "namespace": (2, F.TYPE_STRING, False),
+                           "containers": (3, F.TYPE_MESSAGE, True)}),
+        (pr.GetPodResourcesRequest, {"pod_name": (1, F.TYPE_STRING, False),
+                                     "pod_namespace": (2, F.TYPE_STRING, False)}),
+        (pr.DynamicResource, {"claim_name": (2, F.TYPE_STRING, False),
+                              "claim_namespace": (3, F.TYPE_STRING, False),
+                              "claim_resources": (4, F.TYPE_MESSAGE, True)}),
+    ],
+)  # fmt: skip
+def test_more_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
+    assert fields(message) == expected
+
+
+def test_presence_and_oneofs() -> None:
+    assert opi.LogicalBridgeSpec.DESCRIPTOR.fields_by_name["vni"].has_presence
+    assert [f.name for f in net.IPAddress.DESCRIPTOR.oneofs_by_name["v4_or_v6"].fields] == [
+        "v4_addr",
+        "v6_addr",
+    ]
+    assert [m.name for m in opi.DESCRIPTOR.services_by_name["LogicalBridgeService"].methods] == [
+        "CreateLogicalBridge",
+        "ListLogicalBridges",
+        "GetLogicalBridge",
+        "DeleteLogicalBridge",
+        "UpdateLogicalBridge",
+    ]
+    assert component_pb2.COMP_STATUS_ERROR == 3 and net.IP_AF_INET6 == 2
 
 
 def test_service_and_enum_names() -> None:
