@@ -180,6 +180,7 @@ async def test_dying_port_is_reallocated(fast: Node) -> None:
 
 async def test_release_hook_frees_one_device_and_refuses_a_held_one(fast: Node) -> None:
     fast.raw_config["release"]["intervalSeconds"] = 60  # only the hook may release here
+    fast.raw_config["release"]["holdoffSeconds"] = GRACE
     await fast.start_daemon()
     (free,) = await admit(fast, "a")
     (held,) = await admit(fast, "b")
@@ -203,6 +204,7 @@ async def test_release_hook_frees_one_device_and_refuses_a_held_one(fast: Node) 
 
 
 async def test_release_command_line(fast: Node) -> None:
+    fast.raw_config["release"]["holdoffSeconds"] = 0
     await fast.start_daemon()
     (held,) = await admit(fast, "b")
     await asyncio.sleep(GRACE)
@@ -308,4 +310,26 @@ async def test_held_sf_that_vanishes_from_sysfs_keeps_its_port(fast: Node) -> No
     passes = fast.daemon.reconciler.stats.passes
     await eventually(lambda: fast.daemon.reconciler.stats.passes >= passes + 6)
     assert port_id in fast.agent.ports
+    assert fast.agent.calls["DeleteBridgePort"] == 0
+
+
+async def test_release_hook_waits_out_the_holdoff_after_start(fast: Node) -> None:
+    fast.raw_config["release"]["holdoffSeconds"] = 60
+    await fast.start_daemon()
+    result = await request_release(fast.root / "release.sock", "0000:3b:02.3")
+    assert not result.released
+    assert result.message.startswith("device 0000:3b:02.3: not now: started 0s ago")
+
+
+async def test_renaming_a_pool_keeps_the_ports_its_running_pods_hold(fast: Node) -> None:
+    fast.raw_config["release"]["holdoffSeconds"] = 0
+    await fast.start_daemon()
+    (device,) = await admit(fast, "a")
+    await asyncio.sleep(GRACE)
+    await fast.stop_daemon()
+    fast.raw_config["resourceList"][0]["resourceName"] = "crimson"
+    daemon = await fast.start_daemon(wait=False)
+    passes = daemon.reconciler.stats.passes
+    await eventually(lambda: daemon.reconciler.stats.passes >= passes + 6)
+    assert port_of(device) in fast.agent.ports
     assert fast.agent.calls["DeleteBridgePort"] == 0

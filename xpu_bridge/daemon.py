@@ -54,7 +54,7 @@ class Daemon:
         self.options = options
         self.config = options.config
         self.metrics = Metrics()
-        self.client = BridgePortClient(self.config.host_agent, observer=self.metrics.observe_opi)
+        self.client = BridgePortClient(self.config.host_agent, observer=self._observe_opi)
         self.devinfo = DevInfoStore(options.devinfo_dir)
         self.pools: dict[str, DevicePool] = {}
         self.allocators: dict[str, Allocator] = {}
@@ -214,6 +214,14 @@ class Daemon:
         if self.ops is not None:
             await self.ops.stop()
 
+    def _observe_opi(self, method: str, code: str, seconds: float) -> None:
+        """Every OPI call feeds the metrics and the agent's health (Allocates included)."""
+        self.metrics.observe_opi(method, code, seconds)
+        self.reconciler.health.observe(code)
+
+    def _agent_up(self) -> bool:
+        return self.reconciler.health.up(asyncio.get_running_loop().time())
+
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that should run forever stopped: fail /healthz so the kubelet restarts us."""
         if task.cancelled():
@@ -232,7 +240,7 @@ class Daemon:
         missing = sorted(set(self.pools) - self.registrar.registered)
         if missing:
             return f"not registered with the kubelet: {', '.join(missing)}"
-        if not self.reconciler.health.reachable:
+        if not self._agent_up():
             return f"host agent {self.client.endpoint} unreachable"
         return None
 
@@ -250,7 +258,7 @@ class Daemon:
         stats = self.reconciler.stats
         return StateSnapshot(
             devices=counts,
-            host_agent_up=self.reconciler.health.reachable,
+            host_agent_up=self._agent_up(),
             releases=dict(stats.releases),
             held_back=dict(stats.held_back),
             repairs=dict(stats.repairs),
@@ -269,7 +277,7 @@ class Daemon:
         return {
             "hostAgent": {
                 "endpoint": self.client.endpoint,
-                "reachable": self.reconciler.health.reachable,
+                "reachable": self._agent_up(),
             },
             "kubeletRestarts": self.registrar.kubelet_restarts if self.registrar else 0,
             "ready": self.not_ready() is None,

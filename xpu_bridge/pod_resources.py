@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class HeldDevices:
     def ids(self, resource: str) -> set[str]:
         return set(self.by_resource.get(resource, {}))
 
+    def all_ids(self) -> set[str]:
+        return {device_id for held in self.by_resource.values() for device_id in held}
+
 
 class PodResourcesClient:
     """One channel for the daemon's life; gRPC reconnects by itself after a kubelet restart."""
@@ -52,7 +56,8 @@ class PodResourcesClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def held(self, resources: set[str]) -> HeldDevices:
+    async def held(self, ours: Callable[[str], bool]) -> HeldDevices:
+        """Held devices of every resource `ours` accepts (served now, or under our prefix)."""
         try:
             reply = await self._stub.List(pr.ListPodResourcesRequest(), timeout=LIST_TIMEOUT)
         except grpc.aio.AioRpcError as error:
@@ -65,7 +70,7 @@ class PodResourcesClient:
             for container in pod.containers:
                 holder = Holder(pod.namespace, pod.name, container.name)
                 for devices in container.devices:
-                    if devices.resource_name in resources:
+                    if ours(devices.resource_name):
                         for device_id in devices.device_ids:
                             held[devices.resource_name][device_id] = holder
         return HeldDevices(dict(held))

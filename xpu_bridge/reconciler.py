@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 AGENT_UNREACHABLE = "host agent unreachable"
 STUCK_DELETE_PASSES = 12
+READY_TOLERANCE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,28 +57,29 @@ class ReleaseResult:
 
 @dataclass
 class AgentHealth:
-    """Host agent reachability as the passes see it; devices go Unhealthy after a while."""
+    """Host agent reachability from every RPC's outcome (passes, Allocates and repairs).
+
+    A single failed call does not make the agent "down" for readiness: only one that has
+    failed for READY_TOLERANCE seconds with no success in between; devices turn Unhealthy
+    after `unhealthy_after`.
+    """
 
     unhealthy_after: float
     down_since: float | None = None
-    reported: bool = False
 
-    def record(self, reachable: bool, now: float, why: str = "") -> None:
+    def record(self, reachable: bool, now: float) -> None:
         if reachable:
-            if self.down_since is not None:
-                log.warning("host agent reachable again")
             self.down_since = None
-            self.reported = False
-            return
-        if self.down_since is None:
+        elif self.down_since is None:
             self.down_since = now
-        if not self.reported:
-            log.error("host agent unreachable: %s", why)
-            self.reported = True
 
-    @property
-    def reachable(self) -> bool:
-        return self.down_since is None
+    def observe(self, code: str) -> None:
+        """Feed from the OPI client: any answer but a transport failure means reachable."""
+        failed = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        self.record(not failed, asyncio.get_running_loop().time())
+
+    def up(self, now: float) -> bool:
+        return self.down_since is None or now - self.down_since < READY_TOLERANCE
 
     def devices_unhealthy(self, now: float) -> bool:
         return self.down_since is not None and now - self.down_since >= self.unhealthy_after
@@ -120,6 +123,9 @@ class Reconciler:
         self.pod_resources = pod_resources
         self.devinfo = devinfo
         self.kubelet_restarted_at = kubelet_restarted_at
+        self._prefixes = {config.resource_prefix} | {
+            r.resource_prefix for r in config.resource_list if r.resource_prefix
+        }
         self.health = AgentHealth(config.host_agent.unhealthy_after_seconds)
         self.stats = ReconcilerStats()
         self.owned: dict[str, PortState] = {}
@@ -130,6 +136,8 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unmapped: set[str] = set()
         self._dying_passes: dict[str, int] = {}
+        self._down_since: dict[str, float] = {}
+        self._stale_resources: set[str] = set()
         self._started_at = float("-inf")
 
     @property
@@ -146,20 +154,38 @@ class Reconciler:
             for entry in pool.devices()
         }
 
+    def _ours(self, resource: str) -> bool:
+        """Served now, or under one of our prefixes: a pool renamed or removed from the config
+        may still have running pods, and their ports are still theirs."""
+        return resource in self.pools or resource.split("/", 1)[0] in self._prefixes
+
+    async def _read_held(self) -> HeldDevices:
+        held = await self.pod_resources.held(self._ours)
+        stale = set(held.by_resource) - set(self.pools)
+        if stale - self._stale_resources:
+            log.warning(
+                "containers still hold devices of %s, which this config no longer serves; "
+                "their ports are kept until those pods end",
+                ", ".join(sorted(stale)),
+            )
+        self._stale_resources = stale
+        return held
+
     def _held_port_ids(self, held: HeldDevices) -> HeldPorts:
         """Port IDs of every device a container holds, even one that vanished from sysfs."""
         port_ids: set[str] = set()
         unmapped: set[str] = set()
-        for name, pool in self.pools.items():
-            for device_id in held.ids(name):
-                port_id = pool.known_port_id(device_id)
-                if port_id is None:
-                    with contextlib.suppress(ValueError):
-                        port_id = port_id_for(PortKey("vf", device_id), self.prefix)
-                if port_id is None:
-                    unmapped.add(device_id)
-                else:
-                    port_ids.add(port_id)
+        for device_id in held.all_ids():
+            port_id = next(
+                (p for pool in self.pools.values() if (p := pool.known_port_id(device_id))), None
+            )
+            if port_id is None:
+                with contextlib.suppress(ValueError):
+                    port_id = port_id_for(PortKey("vf", device_id), self.prefix)
+            if port_id is None:
+                unmapped.add(device_id)
+            else:
+                port_ids.add(port_id)
         return HeldPorts(port_ids, unmapped)
 
     async def _owned_ports(self) -> dict[str, PortState] | None:
@@ -168,7 +194,8 @@ class Reconciler:
         try:
             ports = await self.client.list_ports(seconds=budget)
         except PortError as error:
-            self.health.record(False, self._now(), str(error))
+            self.health.record(False, self._now())
+            log.debug("ListBridgePorts failed: %s", error)
             return None
         self.health.record(True, self._now())
         owned = {p.port_id: p for p in ports if parse_port_id(p.port_id, self.prefix)}
@@ -183,16 +210,13 @@ class Reconciler:
             return
         await self._update_health(owned)
         try:
-            held = await self.pod_resources.held(set(self.pools))
+            held = await self._read_held()
         except PodResourcesUnavailable as error:
             log.warning("start-up recovery: %s; releasing nothing until it answers", error)
             return
         held_ports = self._held_port_ids(held).port_ids
         adopted = sorted(set(owned) & held_ports)
-        for port_id in adopted:
-            owner = self._by_port().get(port_id)
-            if owner is not None and owner.entry.device.mac is None:
-                await owner.pool.adopt_mac(owner.entry.id, owned[port_id].mac)
+        await self._adopt_macs(held, owned)
         self._previous = set(owned) - held_ports
         log.info(
             "start-up recovery: adopted %d port(s) held by containers, %d candidate(s) to release",
@@ -213,8 +237,9 @@ class Reconciler:
         """One pass. PodResources is read before the ports, so a hold it reports is never
         older than the port state it is compared with."""
         self.stats.passes += 1
+        snapshot_at = time.monotonic()
         try:
-            held: HeldDevices | None = await self.pod_resources.held(set(self.pools))
+            held: HeldDevices | None = await self._read_held()
             unreadable = ""
         except PodResourcesUnavailable as error:
             held, unreadable = None, str(error)
@@ -222,14 +247,32 @@ class Reconciler:
         await self._update_health(self.owned if owned is None else owned)
         if owned is None:
             return
+        self._track_down(owned)
         if held is None:
             self._hold_back("pod_resources_unreadable", unreadable)
             self._previous = set()
             return
-        held_ports = self._held_port_ids(held)
+        await self._adopt_macs(held, owned)
         self._repair(held, owned)
-        await self._redelete_stuck(owned)
-        await self._release(owned, held_ports)
+        await self._redelete_stuck(owned, snapshot_at)
+        await self._release(owned, self._held_port_ids(held), snapshot_at)
+
+    def _track_down(self, owned: dict[str, PortState]) -> None:
+        now = self._now()
+        self._down_since = {
+            port_id: self._down_since.get(port_id, now)
+            for port_id, port in owned.items()
+            if port.oper is OperStatus.DOWN
+        }
+
+    async def _adopt_macs(self, held: HeldDevices, owned: dict[str, PortState]) -> None:
+        """A held port's MAC wins over one derived because sysfs shows the device no netdev."""
+        for name, pool in self.pools.items():
+            for device_id in held.ids(name):
+                entry = pool.get(device_id)
+                port = owned.get(entry.spec.port_id) if entry else None
+                if entry is not None and port is not None and entry.device.mac is None:
+                    await pool.adopt_mac(device_id, port.mac)
 
     async def _update_health(self, owned: dict[str, PortState]) -> None:
         now = self._now()
@@ -250,21 +293,27 @@ class Reconciler:
                     f" ({AGENT_UNREACHABLE})" if everything_down else "",
                 )
 
-    def _busy(self, owned_device: OwnedDevice | None) -> bool:
+    def _busy(self, owned_device: OwnedDevice | None, snapshot_at: float) -> bool:
+        """Attaching, attached within the grace period, or attached since PodResources was
+        read (a pass can outlast the grace period while it deletes)."""
         if owned_device is None:
             return False
-        return owned_device.allocator.recently_attached(
-            owned_device.entry.id, self.release_config.grace_seconds
+        allocator, device_id = owned_device.allocator, owned_device.entry.id
+        return (
+            allocator.recently_attached(device_id, self.release_config.grace_seconds)
+            or allocator.attached_at.get(device_id, float("-inf")) >= snapshot_at
         )
 
-    async def _release(self, owned: dict[str, PortState], held: HeldPorts) -> None:
+    async def _release(
+        self, owned: dict[str, PortState], held: HeldPorts, snapshot_at: float
+    ) -> None:
         by_port = self._by_port()
         candidates = {
             port_id
             for port_id, port in owned.items()
             if port_id not in held.port_ids
             and port.oper is not OperStatus.TO_BE_DELETED
-            and not self._busy(by_port.get(port_id))
+            and not self._busy(by_port.get(port_id), snapshot_at)
             and not (held.unmapped and self._is_sf_port(port_id))
         }
         if held.unmapped and held.unmapped != self._unmapped:
@@ -291,20 +340,38 @@ class Reconciler:
                 continue
             # Earlier deletes of this pass took time: an Allocate may have taken the device.
             async with owner.allocator.release_lock(owner.entry.id):
-                if self._busy(owner):
+                if self._busy(owner, snapshot_at):
                     log.info("port %s not released: its device was just allocated", port_id)
                     continue
                 await self._delete(owned[port_id], owner, "unheld")
 
-    async def _redelete_stuck(self, owned: dict[str, PortState]) -> None:
-        """A port dying for STUCK_DELETE_PASSES passes had its Delete lost: send it again."""
+    async def _redelete_stuck(self, owned: dict[str, PortState], snapshot_at: float) -> None:
+        """A port dying for STUCK_DELETE_PASSES passes may have lost its Delete: send it again,
+        backing off (12, 24, 48 ... passes), since a Delete restarts a slow deletion."""
         dying = {p for p, port in owned.items() if port.oper is OperStatus.TO_BE_DELETED}
         self._dying_passes = {p: self._dying_passes.get(p, 0) + 1 for p in dying}
+        by_port = self._by_port()
         for port_id, passes in self._dying_passes.items():
-            if passes % STUCK_DELETE_PASSES == 0:
+            rounds, rest = divmod(passes, STUCK_DELETE_PASSES)
+            if rest or rounds & (rounds - 1):
+                continue
+            owner = by_port.get(port_id)
+            lock = owner.allocator.release_lock(owner.entry.id) if owner else asyncio.Lock()
+            async with lock:
+                if self._busy(owner, snapshot_at):
+                    continue
+                current = await self._fresh(owned[port_id].name)
+                if current is None or current.oper is not OperStatus.TO_BE_DELETED:
+                    continue
                 log.warning("port %s is still being deleted; sending Delete again", port_id)
                 with contextlib.suppress(PortError):
-                    await self.client.delete_port(owned[port_id].name)
+                    await self.client.delete_port(current.name)
+
+    async def _fresh(self, name: str) -> PortState | None:
+        try:
+            return await self.client.get_port(name)
+        except PortError:
+            return None
 
     def _is_sf_port(self, port_id: str) -> bool:
         key = parse_port_id(port_id, self.prefix)
@@ -318,6 +385,24 @@ class Reconciler:
             self._mass_since = None
         if not confirmed:
             return None
+        if (holdoff_guard := self._holdoff()) is not None:
+            return holdoff_guard
+        if mass:
+            # The clock starts only now, after the hold-offs: a PodResources that stays empty
+            # past a kubelet restart's hold-off must still wait a whole hold-off of its own.
+            if self._mass_since is None:
+                self._mass_since = now
+            if now - self._mass_since < holdoff:
+                return "mass_release", (
+                    f"a pass would release {len(confirmed)} of {len(owned)} owned ports; "
+                    f"waiting until that has held for {holdoff:g}s (release.holdoffSeconds)"
+                )
+        return None
+
+    def _holdoff(self) -> tuple[str, str] | None:
+        """The start-up and kubelet-restart hold-offs: (guard, why), or None."""
+        now = self._now()
+        holdoff = self.release_config.holdoff_seconds
         if now - self._started_at < holdoff:
             return "startup", (
                 f"started {now - self._started_at:.0f}s ago; the kubelet may have restarted "
@@ -329,15 +414,11 @@ class Reconciler:
                 f"kubelet restarted {now - restarted:.0f}s ago; no release for {holdoff:g}s "
                 "(release.holdoffSeconds)"
             )
-        if mass:
-            if self._mass_since is None:
-                self._mass_since = now
-            if now - self._mass_since < holdoff:
-                return "mass_release", (
-                    f"a pass would release {len(confirmed)} of {len(owned)} owned ports; "
-                    f"waiting until that has held for {holdoff:g}s (release.holdoffSeconds)"
-                )
         return None
+
+    def _holdoff_reason(self) -> str | None:
+        guard = self._holdoff()
+        return guard[1] if guard else None
 
     def _hold_back(self, guard: str, why: str) -> None:
         self.stats.held_back[guard] += 1
@@ -382,7 +463,7 @@ class Reconciler:
                 if entry is None or entry.id in self._repairing or device_id in allocator.attaching:
                     continue
                 port = owned.get(entry.spec.port_id)
-                problem = _port_problem(port, entry)
+                problem = self._port_problem(port, entry)
                 if problem is None:
                     continue
                 holder = held.holder(name, device_id)
@@ -399,9 +480,12 @@ class Reconciler:
         problem: str,
         holder: Holder | None,
     ) -> None:
+        allocator = self.allocators[pool.resource_name]
         try:
             if port is not None and port.oper is OperStatus.DOWN:
-                async with self.allocators[pool.resource_name].release_lock(entry.id):
+                async with allocator.release_lock(entry.id):
+                    if allocator.recently_attached(entry.id, self.release_config.grace_seconds):
+                        return
                     now = await self.client.get_port(port.name)
                     if now is not None and now.oper is OperStatus.DOWN:
                         await self.client.delete_port(port.name)
@@ -421,6 +505,26 @@ class Reconciler:
             holder,
             problem,
         )
+
+    def _port_problem(self, port: PortState | None, entry: PoolDevice) -> str | None:
+        """Why a held device's port needs re-creating, or None. A DOWN port is given the attach
+        timeout to come UP (agents re-program ports after a component restart) unless a
+        component reports ERROR. The MAC is not compared: sysfs can stop showing it (the
+        netdev moved into the pod) while the pod still uses the port."""
+        if port is None:
+            return "missing on the xPU"
+        if port.oper is OperStatus.TO_BE_DELETED:
+            return "being deleted"
+        if port.oper is OperStatus.DOWN:
+            if port.component_errors:
+                return f"DOWN ({'; '.join(port.component_errors)})"
+            down_for = self._now() - self._down_since.get(port.port_id, self._now())
+            if down_for > self.client.attach_timeout:
+                return f"DOWN for {down_for:.0f}s"
+            return None
+        if _wrong_config(port, entry):
+            return "configured differently"
+        return None
 
     def _find(self, device_id: str) -> OwnedDevice | None:
         for name, pool in self.pools.items():
@@ -443,8 +547,11 @@ class Reconciler:
         )
         if allocator.recently_attached(device_id, self.release_config.grace_seconds):
             return too_recent
+        holdoff = self._holdoff_reason()
+        if holdoff is not None:
+            return ReleaseResult(False, f"device {device_id}: not now: {holdoff}")
         try:
-            held = await self.pod_resources.held(set(self.pools))
+            held = await self._read_held()
         except PodResourcesUnavailable as error:
             return ReleaseResult(False, f"device {device_id}: cannot check holders: {error}")
         holder = held.holder(name, device_id)
@@ -456,6 +563,8 @@ class Reconciler:
         port = owned.get(entry.spec.port_id)
         if port is None:
             return ReleaseResult(True, f"device {device_id} has no port on the xPU")
+        if port.oper is OperStatus.TO_BE_DELETED:
+            return ReleaseResult(True, f"port {port.name} is already being deleted", port.name)
         async with allocator.release_lock(device_id):
             if allocator.recently_attached(device_id, self.release_config.grace_seconds):
                 return too_recent  # an Allocate took the device while we checked
@@ -469,17 +578,7 @@ class Reconciler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _port_problem(port: PortState | None, entry: PoolDevice) -> str | None:
-    """Why a held device's port needs re-creating, or None. The MAC is not compared: a pod
-    holds the port, and the MAC sysfs shows can change under it (netdev moved, rebinding)."""
-    if port is None:
-        return "missing on the xPU"
-    if port.oper is OperStatus.TO_BE_DELETED:
-        return "being deleted"
-    if port.oper is OperStatus.DOWN:
-        return "DOWN" + (f" ({'; '.join(port.component_errors)})" if port.component_errors else "")
-    if port.ptype != entry.spec.ptype or sorted(port.logical_bridges) != sorted(
+def _wrong_config(port: PortState, entry: PoolDevice) -> bool:
+    return port.ptype != entry.spec.ptype or sorted(port.logical_bridges) != sorted(
         entry.spec.logical_bridges
-    ):
-        return "configured differently"
-    return None
+    )
