@@ -571,15 +571,20 @@ async def test_restart_on_same_socket_keeps_or_drops_state(sock_dir: Path) -> No
     sim = SimHostAgent(["red"])
     assert await sim.start(f"unix://{sock}") == 0
     async with grpc.aio.insecure_channel(sim.target) as chan:
+        await pb_grpc.BridgePortServiceStub(chan).CreateBridgePort(_create("port-kept"))
+    await sim.stop()
+    assert not sock.exists()
+    await sim.start()
+    assert sock.exists()
+    # A fresh channel each time: a channel that saw the old server may send its first call
+    # down the dead connection (UNAVAILABLE), which clients retry and this test need not.
+    async with grpc.aio.insecure_channel(sim.target) as chan:
         stub = pb_grpc.BridgePortServiceStub(chan)
-        await stub.CreateBridgePort(_create("port-kept"))
-        await sim.stop()
-        assert not sock.exists()
-        await sim.start()
-        assert sock.exists()
         kept = await stub.GetBridgePort(pb.GetBridgePortRequest(name=PORT_PREFIX + "port-kept"))
         assert kept.name.endswith("port-kept")
-        await sim.restart(drop_state=True)
+    await sim.restart(drop_state=True)
+    async with grpc.aio.insecure_channel(sim.target) as chan:
+        stub = pb_grpc.BridgePortServiceStub(chan)
         code, _ = await _status_of(
             stub.GetBridgePort(pb.GetBridgePortRequest(name=PORT_PREFIX + "port-kept"))
         )
