@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as opi_grpc
 from xpu_bridge.config import Config, parse_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
-from xpu_bridge.sim.host_agent import SimHostAgent
+from xpu_bridge.sim.host_agent import SimHostAgent, wait_until
 from xpu_bridge.sim.kubelet import SimKubelet
 from xpu_bridge.sim.scenario import BLUE, BRIDGES, GREEN, RED, simulated_config
 from xpu_bridge.sim.sysfs import FakeSysfs, build_node
@@ -160,11 +159,11 @@ async def node(short_root: Path) -> AsyncIterator[Node]:
         await created.close()
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+async def eventually(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Poll until predicate() is true; generous timeouts, since CI machines are noisy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+    try:
+        await wait_until(lambda: bool(predicate()), timeout, interval)
+    except TimeoutError:
+        raise AssertionError(f"condition not met within {timeout}s") from None

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -50,16 +48,9 @@ def _mac(index: int) -> bytes:
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="xbsim-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def agent(sock_dir: Path) -> AsyncIterator[SimHostAgent]:
+async def agent(short_root: Path) -> AsyncIterator[SimHostAgent]:
     sim = SimHostAgent(["red", BLUE], seed=7)
-    await sim.start(f"unix://{sock_dir}/agent.sock")
+    await sim.start(f"unix://{short_root}/agent.sock")
     yield sim
     await sim.stop()
 
@@ -464,13 +455,13 @@ async def test_error_rate_one_gives_the_code_and_counts_calls(
 
 
 async def test_error_rate_default_is_unavailable_and_seeded(
-    sock_dir: Path,
+    short_root: Path,
 ) -> None:
     outcomes: list[list[bool]] = []
     for run in range(2):
         sim = SimHostAgent(["red"], seed=42)
         sim.set_error_rate("*", 0.5)
-        await sim.start(f"unix://{sock_dir}/seeded{run}.sock")
+        await sim.start(f"unix://{short_root}/seeded{run}.sock")
         async with grpc.aio.insecure_channel(sim.target) as chan:
             stub = pb_grpc.LogicalBridgeServiceStub(chan)
             results = []
@@ -566,8 +557,8 @@ async def test_port_error_and_out_of_band_delete(
 # --- lifecycle ----------------------------------------------------------------------------
 
 
-async def test_restart_on_same_socket_keeps_or_drops_state(sock_dir: Path) -> None:
-    sock = sock_dir / "restart.sock"
+async def test_restart_on_same_socket_keeps_or_drops_state(short_root: Path) -> None:
+    sock = short_root / "restart.sock"
     sim = SimHostAgent(["red"])
     assert await sim.start(f"unix://{sock}") == 0
     async with grpc.aio.insecure_channel(sim.target) as chan:
@@ -606,8 +597,8 @@ async def test_tcp_returns_bound_port() -> None:
         await sim.stop()
 
 
-async def test_serve_host_agent_runs_until_cancelled(sock_dir: Path) -> None:
-    sock = sock_dir / "cli.sock"
+async def test_serve_host_agent_runs_until_cancelled(short_root: Path) -> None:
+    sock = short_root / "cli.sock"
     started: asyncio.Queue[SimHostAgent] = asyncio.Queue()
     task = asyncio.create_task(
         serve_host_agent(f"unix://{sock}", ["red", BLUE], 0.01, on_started=started.put_nowait)
