@@ -193,16 +193,24 @@ class Allocator:
                 "logicalBridges": list(entry.spec.logical_bridges),
             },
         }
-        if device.driver == "vfio-pci" and device.iommu_group:
-            info["vfio"] = {"mount": VFIO_CONTROL, "dev-mount": f"/dev/vfio/{device.iommu_group}"}
+        group = _vfio_group(entry)
+        if group is not None:
+            info["vfio"] = {"mount": VFIO_CONTROL, "dev-mount": group}
         return info
 
 
-def _device_nodes(entry: PoolDevice) -> list[DeviceNode]:
+def _vfio_group(entry: PoolDevice) -> str | None:
+    """The device node of a VF bound to vfio-pci (its IOMMU group), else None."""
     device = entry.device
     if device.driver != "vfio-pci" or not device.iommu_group:
+        return None
+    return f"/dev/vfio/{device.iommu_group}"
+
+
+def _device_nodes(entry: PoolDevice) -> list[DeviceNode]:
+    group = _vfio_group(entry)
+    if group is None:
         return []
-    group = f"/dev/vfio/{device.iommu_group}"
     return [DeviceNode(VFIO_CONTROL, VFIO_CONTROL), DeviceNode(group, group)]
 
 
