@@ -18,8 +18,9 @@ from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as opi_grpc
 from xpu_bridge.config import Config, parse_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
-from xpu_bridge.sim.host_agent import SimHostAgent, wait_until
+from xpu_bridge.sim.host_agent import SimHostAgent
 from xpu_bridge.sim.kubelet import SimKubelet
+from xpu_bridge.sim.polling import wait_until
 from xpu_bridge.sim.scenario import BLUE, BRIDGES, GREEN, RED, simulated_config
 from xpu_bridge.sim.sysfs import FakeSysfs, build_node
 
@@ -87,7 +88,7 @@ class Node:
         ]  # fmt: skip
 
     async def start_daemon(self, wait: bool = True) -> Daemon:
-        daemon = Daemon(self.options())
+        daemon = await Daemon.create(self.options())
         await daemon.start()
         self.daemon = daemon
         self._daemons.append(daemon)

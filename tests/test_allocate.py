@@ -12,7 +12,7 @@ from simnode import BLUE, BRIDGES, GREEN, RED, Node, eventually
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.kubelet.endpoint import socket_name
 from xpu_bridge.sim.kubelet import AdmissionError, Container
 
 UP = opi.BP_OPER_STATUS_UP

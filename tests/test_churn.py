@@ -19,7 +19,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,16 @@ from simnode import BLUE, BRIDGES, GREEN, RED, Node, node_config
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
 from opi_protos.kubelet.podresources.v1 import api_pb2_grpc as pr_grpc
+from xpu_bridge.common.pci import mac_text
 from xpu_bridge.config import Config, parse_config
-from xpu_bridge.identity import mac_text, parse_port_id
-from xpu_bridge.inventory import discover
-from xpu_bridge.pool import env_name, port_spec
-from xpu_bridge.ports import PortSpec
-from xpu_bridge.selection import assign
+from xpu_bridge.hostagent.port_ids import parse_port_id
+from xpu_bridge.hostagent.ports import PortSpec
+from xpu_bridge.node.inventory import discover
+from xpu_bridge.node.pool import env_name, port_spec
+from xpu_bridge.node.selection import assign
 from xpu_bridge.sim.host_agent import SimHostAgent
 from xpu_bridge.sim.kubelet import AdmissionError, Assignment, Container, SimKubelet
+from xpu_bridge.sim.polling import wait_until
 from xpu_bridge.sim.sysfs import build_node
 
 SEED = int(os.environ.get("XPU_BRIDGE_CHURN_SEED", "20250611"))
@@ -459,6 +460,7 @@ async def test_churn_500_pods_with_faults_keeps_ports_and_holders_consistent(
                             or any(call.method == "Allocate" for call in kubelet.plugin_calls[c:])
                         ),
                         timeout=5,
+                        interval=0.001,
                     )
                 in_flight = not admission.done()
                 await daemon.kill()
@@ -549,11 +551,3 @@ async def test_churn_500_pods_with_faults_keeps_ports_and_holders_consistent(
             with contextlib.suppress(Exception):
                 await agent_restart
         await node.close()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.001)

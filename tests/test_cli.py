@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from simnode import RED, Node, eventually
 
-from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.kubelet.endpoint import socket_name
 from xpu_bridge.sim.kubelet import Container
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ from simnode import BLUE, GREEN, RED, Node, eventually
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from xpu_bridge.daemon import Daemon, StartupError
-from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.common.errors import StartupError
+from xpu_bridge.daemon import Daemon
+from xpu_bridge.kubelet.endpoint import socket_name
 from xpu_bridge.sim.kubelet import Container
 
 
@@ -90,7 +91,7 @@ async def test_missing_logical_bridge_stops_start_with_its_name(node: Node) -> N
     node.raw_config["resourceList"][0]["bridgePort"]["logicalBridges"] = [
         "//network.opiproject.org/bridges/nope"
     ]
-    daemon = Daemon(node.options())
+    daemon = await Daemon.create(node.options())
     with pytest.raises(StartupError) as caught:
         await daemon.start()
     await daemon.stop()
@@ -100,10 +101,9 @@ async def test_missing_logical_bridge_stops_start_with_its_name(node: Node) -> N
 
 async def test_overlapping_pools_are_a_startup_error(node: Node) -> None:
     node.raw_config["resourceList"][1]["selectors"] = [{"pfNames": ["ens1f1"]}]
-    daemon = Daemon(node.options())
     with pytest.raises(StartupError, match=r"0000:3b:0a\.0 matches both"):
-        await daemon.start()
-    await daemon.stop()
+        await Daemon.create(node.options())
+    assert not any(node.kubelet_dir.glob("xpu-bridge-*.sock"))
 
 
 async def test_preferred_allocation_over_grpc_spreads_and_honours_must_include(
@@ -166,7 +166,7 @@ async def test_registration_survives_the_kubelet_dir_vanishing(node: Node) -> No
     started = time.monotonic()
     for resource in (RED, BLUE, GREEN):
         await node.kubelet.wait_registered(resource, after=started, timeout=15)
-    assert all(not task.done() for task in daemon._tasks)
+    assert daemon.status.not_live() is None
 
 
 async def test_stop_leaves_ports_attached_for_running_pods(node: Node) -> None:

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xpu_bridge.identity import (
+from xpu_bridge.common.pci import mac_text
+from xpu_bridge.hostagent.port_ids import (
     PortKey,
     derived_mac,
     mac_bytes,
-    mac_text,
     parse_port_id,
     port_id_for,
     port_id_from_name,

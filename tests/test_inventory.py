@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpu_bridge.identity import PCI_ADDRESS
-from xpu_bridge.inventory import Device, Inventory, aux_type, discover
+from xpu_bridge.common.pci import PCI_ADDRESS
+from xpu_bridge.node.inventory import Device, Inventory, aux_type, discover
 from xpu_bridge.sim.sysfs import FakeSysfs, PciAddress, build_node, vf_address
 
 

@@ -13,8 +13,8 @@ from simnode import BLUE, RED, Node, eventually
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from xpu_bridge.metrics import package_version
-from xpu_bridge.plugin_server import socket_name
+from xpu_bridge.kubelet.endpoint import socket_name
+from xpu_bridge.ops.metrics import package_version
 from xpu_bridge.sim.kubelet import Container
 
 
@@ -55,7 +55,7 @@ async def test_metrics_readiness_and_state_through_a_day_of_work(ops_node: Node)
     daemon = await node.start_daemon()
     port = daemon.ops.port
     assert await http_get(port, "/healthz") == (200, "ok\n")
-    await eventually(lambda: daemon.not_ready() is None)
+    await eventually(lambda: daemon.status.not_ready() is None)
     assert await http_get(port, "/readyz") == (200, "ready\n")
 
     await node.kubelet.admit_pod("web", containers=[Container("c", {RED: 1})])
@@ -104,7 +104,7 @@ async def test_metrics_readiness_and_state_through_a_day_of_work(ops_node: Node)
     assert value(samples, "xpu_bridge_build_info", version=package_version()) == 1
 
     await node.agent.stop()
-    await eventually(lambda: daemon.not_ready() is not None, timeout=15)
+    await eventually(lambda: daemon.status.not_ready() is not None, timeout=15)
     status, body = await http_get(port, "/readyz")
     assert status == 503
     assert body == f"host agent unix://{node.root}/agent.sock unreachable\n"
@@ -116,7 +116,7 @@ async def test_metrics_readiness_and_state_through_a_day_of_work(ops_node: Node)
                  code="UNAVAILABLE") >= 1  # fmt: skip
 
     await node.agent.start()
-    await eventually(lambda: daemon.not_ready() is None, timeout=15)
+    await eventually(lambda: daemon.status.not_ready() is None, timeout=15)
     assert (await http_get(port, "/readyz"))[0] == 200
     assert value(await scrape(port), "xpu_bridge_host_agent_up") == 1
 
@@ -147,7 +147,7 @@ async def test_readyz_is_503_until_registered_and_404_elsewhere(ops_node: Node) 
     assert body.startswith("not registered with the kubelet: opi.io/blue, opi.io/green, opi.io/red")
     assert (await http_get(port, "/healthz"))[0] == 200
     await ops_node.kubelet.start()
-    await eventually(lambda: daemon.not_ready() is None, timeout=15)
+    await eventually(lambda: daemon.status.not_ready() is None, timeout=15)
     assert (await http_get(port, "/readyz"))[0] == 200
 
 
@@ -182,10 +182,8 @@ async def test_healthz_fails_when_a_daemon_loop_dies(ops_node: Node) -> None:
     async def crash() -> None:
         raise RuntimeError("boom")
 
-    task = asyncio.create_task(crash(), name="reconciler")
-    task.add_done_callback(daemon._task_ended)
-    await asyncio.gather(task, return_exceptions=True)
-    await asyncio.sleep(0)
+    daemon.loops.spawn("reconciler", crash())
+    await eventually(lambda: daemon.status.not_live() is not None)
     status, body = await http_get(daemon.ops.port, "/healthz")
     assert status == 503
     assert body == "reconciler loop stopped: RuntimeError('boom')\n"

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xpu_bridge.config import ResourceConfig
-from xpu_bridge.inventory import Device
-from xpu_bridge.pool import DevicePool, env_name
+from xpu_bridge.node.inventory import Device
+from xpu_bridge.node.pool import DevicePool, env_name
 
 
 def vf(pf: int, index: int) -> Device:

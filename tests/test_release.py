@@ -11,7 +11,7 @@ import pytest
 from simnode import BLUE, BRIDGES, GREEN, RED, Node, eventually
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
-from xpu_bridge.release_hook import request_release
+from xpu_bridge.release.hook_socket import request_release
 from xpu_bridge.sim.kubelet import Container
 
 INTERVAL = 0.2
@@ -305,7 +305,7 @@ async def test_held_sf_that_vanishes_from_sysfs_keeps_its_port(fast: Node) -> No
     await asyncio.sleep(GRACE)
     (handle,) = [h for h in fast.sysfs.sfs if h.name == sf]
     fast.sysfs.remove_sf(handle)  # a devlink reload while the pod runs
-    await fast.daemon.rescan()
+    await fast.daemon.rescanner.rescan()
     assert fast.daemon.pools[GREEN].get(sf) is None
     passes = fast.daemon.reconciler.stats.passes
     await eventually(lambda: fast.daemon.reconciler.stats.passes >= passes + 6)

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xpu_bridge.config import Config, parse_config
-from xpu_bridge.inventory import Device, discover
-from xpu_bridge.selection import PoolMatcher, assign, explain
+from xpu_bridge.node.inventory import Device, discover
+from xpu_bridge.node.selection import PoolMatcher, assign, explain
 from xpu_bridge.sim.sysfs import build_node
 
 

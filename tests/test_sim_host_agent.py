@@ -15,13 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opi_protos.evpn_gw import component_pb2
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as pb_grpc
-from xpu_bridge.sim.host_agent import (
-    BRIDGE_PREFIX,
-    PORT_PREFIX,
-    SimHostAgent,
-    serve_host_agent,
-    wait_until,
-)
+from xpu_bridge.sim.host_agent import BRIDGE_PREFIX, PORT_PREFIX, SimHostAgent, serve_host_agent
+from xpu_bridge.sim.polling import wait_until
 
 RED = BRIDGE_PREFIX + "red"
 BLUE = BRIDGE_PREFIX + "blue"

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from xpu_bridge.config import ConfigError, HostAgentConfig
-from xpu_bridge.opi_client import BridgePortClient
-from xpu_bridge.ports import OperStatus, PortError, PortSpec
+from xpu_bridge.hostagent.opi_evpn import BridgePortClient
+from xpu_bridge.hostagent.ports import OperStatus, PortError, PortSpec
 from xpu_bridge.sim.host_agent import BRIDGE_PREFIX, ServerTLS, SimHostAgent
 
 OPENSSL = shutil.which("openssl")

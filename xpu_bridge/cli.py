@@ -9,15 +9,16 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from xpu_bridge.common.addresses import parse_host_port
+from xpu_bridge.common.errors import ProblemsError
 from xpu_bridge.config import Config, ConfigError, ResourceConfig, load_config
-from xpu_bridge.daemon import Daemon, DaemonOptions, StartupError
+from xpu_bridge.daemon import Daemon, DaemonOptions
 from xpu_bridge.logs import setup_logging
-from xpu_bridge.ops_server import parse_address
 
 log = logging.getLogger("xpu_bridge")
 
@@ -26,7 +27,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 class UsageError(Exception):
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
     if args.metrics_address:
         try:
-            parse_address(args.metrics_address)
+            parse_host_port(args.metrics_address)
         except ValueError as error:
             raise UsageError(f"--metrics-address: {error}") from None
     return DaemonOptions(
@@ -132,7 +133,7 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
 
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
     """Start, serve until `stop` is set, then shut down cleanly."""
-    daemon = Daemon(options)
+    daemon = await Daemon.create(options)
     starting = asyncio.create_task(daemon.start())
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -165,8 +166,8 @@ async def run_command(args: argparse.Namespace) -> int:
 
 
 async def check_config_command(args: argparse.Namespace) -> int:
-    from xpu_bridge.inventory import discover
-    from xpu_bridge.selection import assign
+    from xpu_bridge.node.inventory import discover
+    from xpu_bridge.node.selection import assign
 
     config = load_config(args.config)
     if args.sysfs_root is None:
@@ -188,7 +189,7 @@ async def check_config_command(args: argparse.Namespace) -> int:
 
 
 async def inventory_command(args: argparse.Namespace) -> int:
-    from xpu_bridge.reports import inventory_report
+    from xpu_bridge.ops.reports import inventory_report
 
     config = load_config(args.config) if args.config else None
     print(inventory_report(existing_dir("--sysfs-root", args.sysfs_root), config, args.json))
@@ -196,10 +197,10 @@ async def inventory_command(args: argparse.Namespace) -> int:
 
 
 async def status_command(args: argparse.Namespace) -> int:
-    from xpu_bridge.reports import fetch_state, status_report
+    from xpu_bridge.ops.reports import fetch_state, status_report
 
     try:
-        host, port = parse_address(args.metrics_address)
+        host, port = parse_host_port(args.metrics_address)
         state = await fetch_state(host, port)
     except (OSError, TimeoutError, ValueError) as error:
         raise UsageError(
@@ -210,7 +211,7 @@ async def status_command(args: argparse.Namespace) -> int:
 
 
 async def release_command(args: argparse.Namespace) -> int:
-    from xpu_bridge.release_hook import request_release
+    from xpu_bridge.release.hook_socket import request_release
 
     try:
         result = await request_release(args.socket, args.device_id)
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in error.problems:
             print(f"xpu-bridge: config {getattr(args, 'config', '')}: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except StartupError as error:
+    except ProblemsError as error:
         for problem in error.problems:
             print(f"xpu-bridge: cannot start: {problem}", file=sys.stderr)
         return EXIT_FAILURE

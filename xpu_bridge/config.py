@@ -11,7 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from xpu_bridge.identity import HEX_ID, PCI_ADDRESS
+from xpu_bridge.common.addresses import parse_host_port
+from xpu_bridge.common.errors import ProblemsError
+from xpu_bridge.common.pci import HEX_ID, PCI_ADDRESS
 
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
@@ -20,12 +22,8 @@ PF_NAME = re.compile(r"^(?P<name>[^#\s/]+)(#(?P<ranges>.+))?\Z")
 RANGE_ITEM = re.compile(r"^(\d+)(-(\d+))?\Z")
 
 
-class ConfigError(Exception):
+class ConfigError(ProblemsError):
     """A configuration problem; `problems` holds one human-readable line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 class StrictModel(BaseModel):
@@ -60,9 +58,10 @@ class HostAgentConfig(StrictModel):
             if not value.removeprefix("unix://").startswith("/"):
                 raise ValueError("a unix endpoint needs an absolute path: unix:///path/to.sock")
             return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be unix:///path or host:port")
+        try:
+            parse_host_port(value, allow_port_zero=False)
+        except ValueError:
+            raise ValueError("must be unix:///path or host:port") from None
         return value
 
     @model_validator(mode="after")

@@ -1,4 +1,9 @@
-"""The node daemon: wires discovery, pools, the OPI client and the kubelet side, and runs them."""
+"""The node daemon, wired: create() builds every part, start() brings them up in order.
+
+Allocate path: kubelet/plugin_server.py (DevicePluginService.Allocate) -> node/allocator.py
+(Allocator) -> hostagent/opi_evpn.py (BridgePortClient.ensure_port). Release path:
+release/reconciler.py (Reconciler.reconcile) -> release/gate.py -> release/releaser.py.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,30 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from xpu_bridge.allocator import Allocator
-from xpu_bridge.config import Config, ResourceConfig
-from xpu_bridge.devinfo import DevInfoStore
-from xpu_bridge.inventory import discover
-from xpu_bridge.metrics import DeviceCounts, Metrics, StateSnapshot
-from xpu_bridge.opi_client import BridgePortClient
-from xpu_bridge.ops_server import OpsServer
-from xpu_bridge.plugin_server import DevicePluginService, PluginEndpoint
-from xpu_bridge.pod_resources import PodResourcesClient
-from xpu_bridge.pool import DevicePool, PoolDevice
-from xpu_bridge.ports import PortError
-from xpu_bridge.reconciler import Reconciler
-from xpu_bridge.registration import KubeletRegistrar
-from xpu_bridge.release_hook import ReleaseHookServer
-from xpu_bridge.selection import Assignment, assign
+from xpu_bridge.common.errors import StartupError
+from xpu_bridge.common.loops import LoopSupervisor, loop_time
+from xpu_bridge.config import Config
+from xpu_bridge.hostagent.bridge_check import check_logical_bridges
+from xpu_bridge.hostagent.health import AgentHealth
+from xpu_bridge.hostagent.opi_evpn import BridgePortClient
+from xpu_bridge.hostagent.ports import HostAgent
+from xpu_bridge.kubelet.endpoint import PluginEndpoint
+from xpu_bridge.kubelet.plugin_server import DevicePluginService
+from xpu_bridge.kubelet.pod_resources import PodResourcesClient
+from xpu_bridge.kubelet.registration import KubeletRegistrar
+from xpu_bridge.node.allocator import Allocator
+from xpu_bridge.node.devinfo import DevInfoStore
+from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.pool_set import PoolSet
+from xpu_bridge.node.rescan import Rescanner, scan
+from xpu_bridge.ops.http import OpsServer
+from xpu_bridge.ops.metrics import Metrics
+from xpu_bridge.ops.status import NodeStatus
+from xpu_bridge.release.hook import ReleaseHook
+from xpu_bridge.release.hook_socket import ReleaseHookServer
+from xpu_bridge.release.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
-
-BRIDGE_CHECK_RETRY = 2.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; `problems` has one line per reason, for the operator."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,258 +49,154 @@ class DaemonOptions:
     metrics_address: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Agent:
+    """The host agent backend and what watches it."""
+
+    client: HostAgent
+    health: AgentHealth
+    metrics: Metrics
+
+    @classmethod
+    def connect(cls, config: Config) -> _Agent:
+        metrics = Metrics()
+        health = AgentHealth(config.host_agent.unhealthy_after_seconds)
+
+        def observe(method: str, code: str, seconds: float) -> None:
+            """Every OPI call feeds the metrics and the agent's health (Allocates included)."""
+            metrics.observe_opi(method, code, seconds)
+            health.observe(code)
+
+        return cls(BridgePortClient(config.host_agent, observer=observe), health, metrics)
+
+
 class Daemon:
     """Start-up order matters: pools and sockets exist before the kubelet hears of them."""
 
-    def __init__(self, options: DaemonOptions) -> None:
-        self.options = options
+    def __init__(
+        self,
+        options: DaemonOptions,
+        pools: PoolSet,
+        agent: _Agent,
+        pod_resources: PodResourcesClient,
+        registrar: KubeletRegistrar,
+        reconciler: Reconciler,
+    ) -> None:
         self.config = options.config
-        self.metrics = Metrics()
-        self.client = BridgePortClient(self.config.host_agent, observer=self._observe_opi)
-        self.devinfo = DevInfoStore(options.devinfo_dir)
-        self.pools: dict[str, DevicePool] = {}
-        self.allocators: dict[str, Allocator] = {}
-        self.endpoints: list[PluginEndpoint] = []
-        self.registrar: KubeletRegistrar | None = None
-        self.pod_resources = PodResourcesClient(options.pod_resources_socket)
-        self.reconciler = Reconciler(
-            self.config,
-            self.pools,
-            self.allocators,
-            self.client,
-            self.pod_resources,
-            self.devinfo,
-            lambda: self.registrar.last_kubelet_restart if self.registrar else None,
+        self.agent = agent.client
+        self.pod_resources = pod_resources
+        self.registrar = registrar
+        self.reconciler = reconciler
+        self.rescanner = Rescanner(options.config, options.sysfs_root, pools)
+        self.loops = LoopSupervisor()
+        self.status = NodeStatus(
+            pools,
+            reconciler.leases,
+            lambda: reconciler.owned.ports,
+            registrar,
+            reconciler.stats,
+            self.agent.endpoint,
+            lambda: agent.health.up(loop_time()),
+            lambda: self.loops.broken,
         )
-        hook = self.config.release.hook_socket
-        self.hook = ReleaseHookServer(hook, self.reconciler.release_now) if hook else None
-        self.metrics.watch_state(self.snapshot)
+        agent.metrics.watch_state(self.status.snapshot)
+        address = options.metrics_address
         self.ops = (
             OpsServer(
-                options.metrics_address,
-                self.metrics,
-                self.not_live,
-                self.not_ready,
-                self.debug_state,
+                address,
+                agent.metrics,
+                self.status.not_live,
+                self.status.not_ready,
+                self.status.debug_state,
             )
-            if options.metrics_address
+            if address
             else None
         )
-        self._started = False
-        self.broken: str | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._last_conflicts: tuple[str, ...] = ()
+        hook = options.config.release.hook_socket
+        self.hook = ReleaseHookServer(hook, self._release_hook().release_now) if hook else None
+
+    @classmethod
+    async def create(cls, options: DaemonOptions) -> Daemon:
+        """Scan sysfs and build every part; raises StartupError when pools would overlap."""
+        config = options.config
+        agent = _Agent.connect(config)
+        assignment = await scan(config, options.sysfs_root)
+        if assignment.conflicts:
+            await agent.client.close()
+            raise StartupError(list(assignment.conflicts))
+        pools = await PoolSet.build(config, assignment)
+        leases = DeviceLeases(config.release.grace_seconds, loop_time)
+        devinfo = DevInfoStore(options.devinfo_dir)
+        endpoints = [
+            PluginEndpoint(
+                DevicePluginService(
+                    pool,
+                    Allocator(pool, agent.client, devinfo, leases),
+                    observer=agent.metrics.observe_allocate,
+                ),
+                options.kubelet_dir,
+            )
+            for pool in pools
+        ]
+        registrar = KubeletRegistrar(
+            options.kubelet_dir,
+            endpoints,
+            options.registration_poll_seconds,
+            on_registered=agent.metrics.registered,
+        )
+        pod_resources = PodResourcesClient(options.pod_resources_socket)
+        reconciler = Reconciler(
+            config,
+            pools,
+            leases,
+            agent.client,
+            agent.health,
+            pod_resources,
+            devinfo,
+            lambda: registrar.last_kubelet_restart,
+        )
+        for pool in pools:
+            log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
+        options.kubelet_dir.mkdir(parents=True, exist_ok=True)
+        return cls(options, pools, agent, pod_resources, registrar, reconciler)
+
+    @property
+    def pools(self) -> PoolSet:
+        return self.rescanner.pools
+
+    def _release_hook(self) -> ReleaseHook:
+        reconciler = self.reconciler
+        return ReleaseHook(
+            self.pools,
+            reconciler.leases,
+            reconciler.held,
+            reconciler.owned,
+            reconciler.gate,
+            reconciler.releaser,
+        )
 
     async def start(self) -> None:
         if self.ops is not None:
             await self.ops.start()
-        self.options.kubelet_dir.mkdir(parents=True, exist_ok=True)
-        assignment = await self._scan()
-        if assignment.conflicts:
-            raise StartupError(list(assignment.conflicts))
-        await self._check_logical_bridges()
-        for resource in self.config.resource_list:
-            await self._add_pool(self.config.full_resource_name(resource), resource, assignment)
+        await check_logical_bridges(self.agent, self.config)
         await self.reconciler.recover()
-        for endpoint in self.endpoints:
+        for endpoint in self.registrar.endpoints:
             await endpoint.start()
         if self.hook is not None:
             await self.hook.start()
-        self.registrar = KubeletRegistrar(
-            self.options.kubelet_dir,
-            self.endpoints,
-            self.options.registration_poll_seconds,
-            on_registered=self.metrics.registered,
-        )
-        self._tasks = [
-            asyncio.create_task(self.registrar.run(), name="registrar"),
-            asyncio.create_task(self._rescan_forever(), name="rescan"),
-            asyncio.create_task(self.reconciler.run(), name="reconciler"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._task_ended)
-        self._started = True
-
-    async def _add_pool(self, name: str, resource: ResourceConfig, assignment: Assignment) -> None:
-        pool = DevicePool(name, resource, self.config.port_id_prefix)
-        await pool.replace_devices(assignment.pools.get(name, ()))
-        allocator = Allocator(pool, self.client, self.devinfo)
-        service = DevicePluginService(
-            pool, allocator, lambda: self._stream_lost(name), self.metrics
-        )
-        self.pools[name] = pool
-        self.allocators[name] = allocator
-        self.endpoints.append(PluginEndpoint(service, self.options.kubelet_dir))
-        log.info("pool %s: %d device(s)", name, len(pool))
-
-    def _stream_lost(self, name: str) -> None:
-        if self.registrar is None:
-            return
-        endpoint = next(e for e in self.endpoints if e.resource_name == name)
-        self.registrar.stream_lost(name, lambda: endpoint.service.active_streams)
-
-    async def _scan(self) -> Assignment:
-        inventory = await asyncio.to_thread(discover, self.options.sysfs_root)
-        for problem in inventory.problems:
-            log.warning("sysfs: %s", problem)
-        return assign(self.config, inventory.devices)
-
-    async def _check_logical_bridges(self) -> None:
-        """Missing bridges are a configuration error; an unreachable agent is waited for."""
-        names = sorted(
-            {b for r in self.config.resource_list for b in r.bridge_port.logical_bridges}
-        )
-        while True:
-            try:
-                missing = await self.client.missing_logical_bridges(names)
-            except PortError as error:
-                log.error(
-                    "host agent %s not usable yet (%s); retrying in %.0fs",
-                    self.client.endpoint,
-                    error,
-                    BRIDGE_CHECK_RETRY,
-                )
-                await asyncio.sleep(BRIDGE_CHECK_RETRY)
-                continue
-            if missing:
-                raise StartupError(
-                    [
-                        f"logical bridge {name} does not exist on the host agent "
-                        f"{self.client.endpoint}: create it there or fix "
-                        "resourceList[].bridgePort.logicalBridges"
-                        for name in missing
-                    ]
-                )
-            return
-
-    async def rescan(self) -> None:
-        """Pick up devices that appeared or vanished; ListAndWatch follows by itself."""
-        assignment = await self._scan()
-        if assignment.conflicts != self._last_conflicts:
-            for conflict in assignment.conflicts:
-                log.error("config: %s; it stays in the first pool", conflict)
-            self._last_conflicts = assignment.conflicts
-        for name, pool in self.pools.items():
-            before = {entry.id for entry in pool.devices()}
-            if await pool.replace_devices(assignment.pools.get(name, ())):
-                after = {entry.id for entry in pool.devices()}
-                log.info(
-                    "pool %s: +%s -%s",
-                    name,
-                    sorted(after - before) or "[]",
-                    sorted(before - after) or "[]",
-                )
-
-    async def _rescan_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.rescan_interval_seconds)
-            try:
-                await self.rescan()
-            except Exception:
-                log.exception(
-                    "rescan of %s failed; keeping the last device list", self.options.sysfs_root
-                )
+        self.loops.spawn("registrar", self.registrar.run())
+        self.loops.spawn("rescan", self.rescanner.run())
+        self.loops.spawn("reconciler", self.reconciler.run())
+        self.status.started = True
 
     async def stop(self) -> None:
         """Stop serving and remove our sockets; ports stay attached for running pods."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self.loops.stop()
         await self.reconciler.stop()
         if self.hook is not None:
             await self.hook.stop()
-        await asyncio.gather(*(endpoint.stop(grace=0.5) for endpoint in self.endpoints))
-        await self.client.close()
+        await asyncio.gather(*(e.stop(grace=0.5) for e in self.registrar.endpoints))
+        await self.agent.close()
         await self.pod_resources.close()
         if self.ops is not None:
             await self.ops.stop()
-
-    def _observe_opi(self, method: str, code: str, seconds: float) -> None:
-        """Every OPI call feeds the metrics and the agent's health (Allocates included)."""
-        self.metrics.observe_opi(method, code, seconds)
-        self.reconciler.health.observe(code)
-
-    def _agent_up(self) -> bool:
-        return self.reconciler.health.up(asyncio.get_running_loop().time())
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A loop that should run forever stopped: fail /healthz so the kubelet restarts us."""
-        if task.cancelled():
-            return
-        error = task.exception()
-        self.broken = f"{task.get_name()} loop stopped: {error!r}"
-        log.error("%s; /healthz now fails so that the pod is restarted", self.broken)
-
-    def not_live(self) -> str | None:
-        return self.broken
-
-    def not_ready(self) -> str | None:
-        """Why the node should not get pods yet, or None when it may."""
-        if not self._started or self.registrar is None:
-            return "starting: waiting for the host agent and the first registration"
-        missing = sorted(set(self.pools) - self.registrar.registered)
-        if missing:
-            return f"not registered with the kubelet: {', '.join(missing)}"
-        if not self._agent_up():
-            return f"host agent {self.client.endpoint} unreachable"
-        return None
-
-    def snapshot(self) -> StateSnapshot:
-        counts = []
-        for name, pool in self.pools.items():
-            unhealthy = sum(1 for e in pool.devices() if pool.unhealthy_reason(e.id))
-            allocated = sum(
-                1
-                for e in pool.devices()
-                if self._attached(name, e) and not pool.unhealthy_reason(e.id)
-            )
-            free = len(pool) - unhealthy - allocated
-            counts.append(DeviceCounts(name, free, allocated, unhealthy))
-        stats = self.reconciler.stats
-        return StateSnapshot(
-            devices=counts,
-            host_agent_up=self._agent_up(),
-            releases=dict(stats.releases),
-            held_back=dict(stats.held_back),
-            repairs=dict(stats.repairs),
-        )
-
-    def _attached(self, name: str, entry: PoolDevice) -> bool:
-        """Its port exists on the xPU (last pass) or an Allocate attached it since."""
-        return entry.spec.port_id in self.reconciler.owned or entry.id in (
-            self.allocators[name].attached_at
-        )
-
-    def debug_state(self) -> dict[str, object]:
-        """Pools, devices, their ports and who is registered: for `xpu-bridge status`."""
-        owned = self.reconciler.owned
-        registered = self.registrar.registered if self.registrar else set()
-        return {
-            "hostAgent": {
-                "endpoint": self.client.endpoint,
-                "reachable": self._agent_up(),
-            },
-            "kubeletRestarts": self.registrar.kubelet_restarts if self.registrar else 0,
-            "ready": self.not_ready() is None,
-            "notReadyReason": self.not_ready(),
-            "pools": {
-                name: {
-                    "registered": name in registered,
-                    "devices": [
-                        {
-                            "id": e.id,
-                            "pci": e.device.pci_address,
-                            "pf": e.device.pf_name,
-                            "health": pool.unhealthy_reason(e.id) or "Healthy",
-                            "port": e.spec.port_id,
-                            "portState": owned[e.spec.port_id].oper.name
-                            if e.spec.port_id in owned
-                            else None,
-                        }
-                        for e in pool.devices()
-                    ],
-                }
-                for name, pool in self.pools.items()
-            },
-        }

@@ -1,4 +1,4 @@
-"""Identity scheme: device ID <-> xPU bridge port ID, and the MAC a port carries."""
+"""Port identity: device <-> xPU bridge port ID, deterministic and reversible; the port's MAC."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-# Domains can have up to 8 hex digits (Intel VMD uses 10000+); devices stop at 0x1f.
-PCI_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])\Z")
-HEX_ID = re.compile(r"^[0-9a-f]{4}\Z")
+from xpu_bridge.common.pci import MAC_TEXT, PCI_ADDRESS
+
 PORT_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]\Z")
 BODY = re.compile(
     r"^(?P<kind>vf|sf)-(?P<dom>[0-9a-f]{4,8})-(?P<bus>[0-9a-f]{2})-(?P<dev>[01][0-9a-f])-(?P<fn>[0-7])"
     r"(-(?P<sfnum>\d{1,10}))?\Z"
 )
-MAC_TEXT = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +79,3 @@ def mac_bytes(text: str | None, port_id: str) -> bytes:
         if any(raw):
             return raw
     return derived_mac(port_id)
-
-
-def mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)

@@ -1,10 +1,12 @@
-"""The port contract between pools and the host agent: what a port should be, what it is."""
+"""The port model: what a port should be, what the agent says it is, what we need of an agent."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, Protocol
+
+from xpu_bridge.common.errors import CallFailed
 
 PortType = Literal["access", "trunk"]
 
@@ -38,9 +40,13 @@ class PortState:
     oper: OperStatus
     component_errors: tuple[str, ...] = ()
 
-    def matches(self, spec: PortSpec) -> bool:
+    def matches(self, spec: PortSpec, *, compare_mac: bool = True) -> bool:
+        """Same type and bridges (in any order) and, unless told otherwise, the same MAC.
+
+        Repair leaves the MAC out: sysfs stops showing it once the netdev moved into the pod.
+        """
         return (
-            self.mac == spec.mac
+            (not compare_mac or self.mac == spec.mac)
             and self.ptype == spec.ptype
             and sorted(self.logical_bridges) == sorted(spec.logical_bridges)
         )
@@ -54,17 +60,37 @@ class Attachment:
     created: bool
 
 
-class PortError(Exception):
+class PortError(CallFailed):
     """A port could not be ensured or removed; the message says why in operator terms."""
-
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
 
 
 class PortAttacher(Protocol):
-    """What the allocator needs from the host agent side."""
+    """What the allocator needs from a host agent."""
 
     async def ensure_port(self, spec: PortSpec) -> Attachment: ...
 
     async def delete_port(self, name: str) -> None: ...
+
+
+class HostAgent(PortAttacher, Protocol):
+    """What the daemon needs from a host agent backend; every method raises PortError."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def attach_timeout(self) -> float:
+        """The budget of one device's attach (hostAgent.attachTimeoutSeconds)."""
+        ...
+
+    async def get_port(self, name: str) -> PortState | None:
+        """The port, or None when the agent does not have it."""
+        ...
+
+    async def list_ports(self, seconds: float | None = None) -> list[PortState]:
+        """Every port on the agent within `seconds` (default: the attach budget)."""
+        ...
+
+    async def missing_logical_bridges(self, names: list[str]) -> list[str]: ...
+
+    async def close(self) -> None: ...

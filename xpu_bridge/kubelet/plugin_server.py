@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import grpc
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from xpu_bridge.allocator import AllocationError, Allocator, ContainerAllocation, UnknownDevice
-from xpu_bridge.metrics import Metrics
-from xpu_bridge.pool import DevicePool, DeviceView
-from xpu_bridge.sockets import remove_stale_socket
+from xpu_bridge.node.allocator import (
+    AllocationError,
+    Allocator,
+    ContainerAllocation,
+    UnknownDevice,
+)
+from xpu_bridge.node.pool import DevicePool, DeviceView
 
 log = logging.getLogger(__name__)
 
-
-def socket_name(resource_name: str) -> str:
-    """`opi.io/red` -> `xpu-bridge-opi.io-red.sock`, unique per resource in the kubelet dir."""
-    return "xpu-bridge-" + re.sub(r"[^A-Za-z0-9._-]", "-", resource_name) + ".sock"
+Context = grpc.aio.ServicerContext
+AllocateObserver = Callable[[str, str, float], None]
+"""Told (resource, result, seconds) after every Allocate: the metrics."""
 
 
 def _device_message(view: DeviceView) -> dp.Device:
@@ -55,13 +54,13 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         self,
         pool: DevicePool,
         allocator: Allocator,
-        on_stream_lost: Callable[[], None],
-        metrics: Metrics | None = None,
+        on_stream_lost: Callable[[], None] = lambda: None,
+        observer: AllocateObserver | None = None,
     ) -> None:
         self.pool = pool
         self.allocator = allocator
-        self._on_stream_lost = on_stream_lost
-        self._metrics = metrics
+        self.on_stream_lost = on_stream_lost
+        self._observer = observer
         self.closing = False
         self.active_streams = 0
         self._generation = 0
@@ -73,12 +72,12 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         await self.pool.wake_watchers()
 
     async def GetDevicePluginOptions(
-        self, request: dp.Empty, context: grpc.aio.ServicerContext
+        self, request: dp.Empty, context: Context[dp.Empty, dp.DevicePluginOptions]
     ) -> dp.DevicePluginOptions:
         return dp.DevicePluginOptions(get_preferred_allocation_available=True)
 
     async def ListAndWatch(
-        self, request: dp.Empty, context: grpc.aio.ServicerContext
+        self, request: dp.Empty, context: Context[dp.Empty, dp.ListAndWatchResponse]
     ) -> AsyncIterator[dp.ListAndWatchResponse]:
         log.info("kubelet opened ListAndWatch for %s", self.pool.resource_name)
         self.active_streams += 1
@@ -92,10 +91,12 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
             self.active_streams -= 1
             if not self.closing:
                 log.warning("ListAndWatch for %s ended; registering again", self.pool.resource_name)
-                self._on_stream_lost()
+                self.on_stream_lost()
 
     async def GetPreferredAllocation(
-        self, request: dp.PreferredAllocationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: dp.PreferredAllocationRequest,
+        context: Context[dp.PreferredAllocationRequest, dp.PreferredAllocationResponse],
     ) -> dp.PreferredAllocationResponse:
         responses = []
         for container in request.container_requests:
@@ -113,7 +114,7 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         return dp.PreferredAllocationResponse(container_responses=responses)
 
     async def Allocate(
-        self, request: dp.AllocateRequest, context: grpc.aio.ServicerContext
+        self, request: dp.AllocateRequest, context: Context[dp.AllocateRequest, dp.AllocateResponse]
     ) -> dp.AllocateResponse:
         containers = [list(c.devices_ids) for c in request.container_requests]
         started = time.monotonic()
@@ -137,10 +138,8 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
             code = grpc.StatusCode.UNAVAILABLE if error.unreachable else grpc.StatusCode.INTERNAL
             await context.abort(code, f"{self.pool.resource_name}: {error}")
         finally:
-            if self._metrics is not None:
-                self._metrics.observe_allocate(
-                    self.pool.resource_name, result, time.monotonic() - started
-                )
+            if self._observer is not None:
+                self._observer(self.pool.resource_name, result, time.monotonic() - started)
         log.info(
             "Allocate %s devices %s ports %s ok in %.1f ms",
             self.pool.resource_name,
@@ -153,49 +152,8 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         )
 
     async def PreStartContainer(
-        self, request: dp.PreStartContainerRequest, context: grpc.aio.ServicerContext
+        self,
+        request: dp.PreStartContainerRequest,
+        context: Context[dp.PreStartContainerRequest, dp.PreStartContainerResponse],
     ) -> dp.PreStartContainerResponse:
         return dp.PreStartContainerResponse()
-
-
-class PluginEndpoint:
-    """Serves one DevicePluginService on `<kubelet-dir>/<socket>` (mode 0600), restartable."""
-
-    def __init__(self, service: DevicePluginService, kubelet_dir: Path) -> None:
-        self.service = service
-        self.resource_name = service.pool.resource_name
-        self.socket_name = socket_name(self.resource_name)
-        self.path = kubelet_dir / self.socket_name
-        self._server: grpc.aio.Server | None = None
-        self._inode: int | None = None
-
-    async def start(self) -> None:
-        remove_stale_socket(self.path, "device plugin socket")
-        server = grpc.aio.server()
-        dp_grpc.add_DevicePluginServicer_to_server(self.service, server)
-        server.add_insecure_port(f"unix://{self.path}")
-        await server.start()
-        os.chmod(self.path, 0o600)
-        self._inode = self.path.stat().st_ino
-        self._server = server
-        self.service.closing = False
-
-    def socket_intact(self) -> bool:
-        """False once the kubelet (or anyone) removed or replaced our socket file."""
-        try:
-            return self.path.stat().st_ino == self._inode
-        except FileNotFoundError:
-            return False
-
-    async def stop(self, grace: float | None = 0.5) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await self.service.end_streams()
-        await server.stop(grace)
-        if self.socket_intact():
-            self.path.unlink(missing_ok=True)
-
-    async def restart(self) -> None:
-        await self.stop(grace=0)
-        await self.start()

@@ -6,11 +6,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
 from opi_protos.kubelet.podresources.v1 import api_pb2_grpc as pr_grpc
+from xpu_bridge.common.errors import grpc_status_text
 
 LIST_TIMEOUT = 5.0
 
@@ -45,6 +47,12 @@ class HeldDevices:
         return {device_id for held in self.by_resource.values() for device_id in held}
 
 
+class HeldDeviceSource(Protocol):
+    """What release needs from the kubelet: who holds which of our devices right now."""
+
+    async def held(self, ours: Callable[[str], bool]) -> HeldDevices: ...
+
+
 class PodResourcesClient:
     """One channel for the daemon's life; gRPC reconnects by itself after a kubelet restart."""
 
@@ -62,8 +70,7 @@ class PodResourcesClient:
             reply = await self._stub.List(pr.ListPodResourcesRequest(), timeout=LIST_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             raise PodResourcesUnavailable(
-                f"PodResources List at {self.socket} failed: {error.code().name}: "
-                f"{error.details() or 'no details'}"
+                f"PodResources List at {self.socket} failed: {grpc_status_text(error)}"
             ) from None
         held: dict[str, dict[str, Holder]] = defaultdict(dict)
         for pod in reply.pod_resources:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 
-from xpu_bridge.devinfo import DevInfoError, DevInfoStore
-from xpu_bridge.identity import mac_text
-from xpu_bridge.pool import DevicePool, PoolDevice
-from xpu_bridge.ports import Attachment, PortAttacher, PortError
+from xpu_bridge.common.errors import CallFailed
+from xpu_bridge.common.pci import mac_text
+from xpu_bridge.hostagent.ports import Attachment, PortAttacher, PortError
+from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
+from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.pool import DevicePool, PoolDevice
 
 log = logging.getLogger(__name__)
 
@@ -39,66 +40,44 @@ class UnknownDevice(Exception):
     """The kubelet asked for IDs this pool does not have; nothing was touched."""
 
 
-class AllocationError(Exception):
+class AllocationError(CallFailed):
     """Attaching failed; every port this call created has been removed again."""
-
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
 
 
 class Allocator:
     """Turns device IDs into attached ports plus the container's env, devices and files."""
 
-    def __init__(self, pool: DevicePool, attacher: PortAttacher, devinfo: DevInfoStore) -> None:
+    def __init__(
+        self,
+        pool: DevicePool,
+        attacher: PortAttacher,
+        devinfo: DevInfoStore,
+        leases: DeviceLeases,
+    ) -> None:
         self.pool = pool
         self._attacher = attacher
         self._devinfo = devinfo
-        self.attached_at: dict[str, float] = {}
-        self.attaching: set[str] = set()
-        self._release_locks: dict[str, asyncio.Lock] = {}
-
-    def release_lock(self, device_id: str) -> asyncio.Lock:
-        """Held by whoever deletes the device's port, from its last recently_attached() check
-        until the delete is done; allocate() waits for it, so a port it hands out is never one
-        that a release already in flight is about to delete."""
-        lock = self._release_locks.get(device_id)
-        if lock is None:
-            lock = self._release_locks[device_id] = asyncio.Lock()
-        return lock
-
-    def recently_attached(self, device_id: str, grace: float) -> bool:
-        """True while an Allocate for the device runs, and for `grace` seconds after it.
-
-        PodResources lists a container only after Allocate returns, so without this the
-        reconciler could take a port away from a pod that is still being admitted.
-        """
-        if device_id in self.attaching:
-            return True
-        attached = self.attached_at.get(device_id)
-        return attached is not None and time.monotonic() - attached < grace
+        self._leases = leases
 
     def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
-        unknown = sorted({i for ids in containers for i in ids if self.pool.get(i) is None})
+        resolved: list[list[PoolDevice]] = []
+        unknown: set[str] = set()
+        for ids in containers:
+            entries = [(device_id, self.pool.get(device_id)) for device_id in dict.fromkeys(ids)]
+            unknown.update(device_id for device_id, entry in entries if entry is None)
+            resolved.append([entry for _, entry in entries if entry is not None])
         if unknown:
             raise UnknownDevice(
-                f"unknown device(s) {', '.join(unknown)} for {self.pool.resource_name}: "
+                f"unknown device(s) {', '.join(sorted(unknown))} for {self.pool.resource_name}: "
                 "not in this pool (was it removed from the node or the config?)"
             )
-        return [[self.pool.get(i) for i in dict.fromkeys(ids)] for ids in containers]  # type: ignore[misc]
+        return resolved
 
     async def allocate(self, containers: list[list[str]]) -> list[ContainerAllocation]:
         """All containers of one kubelet request succeed together or not at all."""
         resolved = self.resolve(containers)
         wanted = list({entry.id: entry for ids in resolved for entry in ids}.values())
-        device_ids = {entry.id for entry in wanted}
-        self.attaching |= device_ids  # from here on, releases of these devices back off
-        try:
-            for device_id in sorted(device_ids):
-                lock = self._release_locks.get(device_id)
-                if lock is not None and lock.locked():
-                    async with lock:  # a release that started before us finishes first
-                        pass
+        async with self._leases.attaching(entry.id for entry in wanted):
             attachments = await self._attach_all(wanted)
             try:
                 for entry in wanted:
@@ -106,11 +85,6 @@ class Allocator:
             except DevInfoError as error:
                 await self._roll_back(wanted, attachments)
                 raise AllocationError(str(error)) from None
-        finally:
-            self.attaching -= device_ids
-        now = time.monotonic()
-        for device_id in device_ids:
-            self.attached_at[device_id] = now
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:
@@ -133,7 +107,9 @@ class Allocator:
                 log.error("device %s: unexpected attach error", entry.id, exc_info=error)
         raise AllocationError(
             "; ".join(f"device {entry.id}: {_cause(error)}" for entry, error in failures),
-            unreachable=all(getattr(error, "unreachable", False) for _, error in failures),
+            unreachable=all(
+                isinstance(error, CallFailed) and error.unreachable for _, error in failures
+            ),
         )
 
     async def _ensure_ports(self, wanted: list[PoolDevice]) -> list[Attachment | BaseException]:

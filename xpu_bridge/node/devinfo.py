@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from xpu_bridge.inventory import Device
+from xpu_bridge.node.inventory import Device
 
 SPEC_VERSION = "1.1.0"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._:-]+$")

@@ -8,10 +8,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 
+from xpu_bridge.common.pci import mac_text
 from xpu_bridge.config import ResourceConfig
-from xpu_bridge.identity import PortKey, mac_bytes, mac_text, port_id_for
-from xpu_bridge.inventory import Device
-from xpu_bridge.ports import PortSpec
+from xpu_bridge.hostagent.port_ids import PortKey, mac_bytes, port_id_for
+from xpu_bridge.hostagent.ports import PortSpec
+from xpu_bridge.node.inventory import Device
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"

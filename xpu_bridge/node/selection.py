@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config, PfNameSelector, ResourceConfig, Selector
-from xpu_bridge.inventory import Device
+from xpu_bridge.node.inventory import Device
 
 KIND_OF_DEVICE_TYPE = {"netDevice": "vf", "auxNetDevice": "sf"}
 _KIND_NAMES = {"vf": ("VFs", "a VF"), "sf": ("SFs", "an SF")}

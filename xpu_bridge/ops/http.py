@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from xpu_bridge.metrics import Metrics
+from xpu_bridge.common.addresses import parse_host_port
+from xpu_bridge.ops.metrics import Metrics
+from xpu_bridge.ops.state import DebugState
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +36,18 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """`0.0.0.0:9109`, `[::]:9109`, `localhost:0` -> (host, port); ValueError names the problem."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{text!r} is not host:port (e.g. 0.0.0.0:9109)")
-    return host, int(port)
-
-
 class OpsServer:
+    """Serves the four routes; at most MAX_CONNECTIONS requests at a time."""
+
     def __init__(
         self,
         address: str,
         metrics: Metrics,
         not_live: Callable[[], str | None],
         not_ready: Callable[[], str | None],
-        state: Callable[[], dict[str, object]],
+        state: Callable[[], DebugState],
     ) -> None:
-        self.host, self.port = parse_address(address)
+        self.host, self.port = parse_host_port(address)
         self._metrics = metrics
         self._not_live = not_live
         self._not_ready = not_ready

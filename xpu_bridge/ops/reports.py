@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from xpu_bridge.config import Config
-from xpu_bridge.inventory import Device, discover
-from xpu_bridge.selection import PoolMatcher
+from xpu_bridge.node.inventory import Device, discover
+from xpu_bridge.node.selection import PoolMatcher
+from xpu_bridge.ops.state import DebugState
 
 FETCH_TIMEOUT = 5.0
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -66,7 +68,7 @@ def inventory_report(sysfs_root: Path, config: Config | None, as_json: bool) -> 
     return "\n".join(lines)
 
 
-async def fetch_state(host: str, port: int) -> dict[str, Any]:
+async def fetch_state(host: str, port: int) -> DebugState:
     """GET /debug/state from a running daemon's metrics address."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), FETCH_TIMEOUT)
     try:
@@ -79,10 +81,13 @@ async def fetch_state(host: str, port: int) -> dict[str, Any]:
     status = head.split(b" ", 2)[1:2]
     if status != [b"200"]:
         raise ValueError(f"/debug/state answered {head.splitlines()[0].decode(errors='replace')}")
-    return json.loads(body)
+    state = json.loads(body)
+    if not isinstance(state, dict) or "pools" not in state or "hostAgent" not in state:
+        raise ValueError("/debug/state is not the state document of an xpu-bridge daemon")
+    return cast(DebugState, state)
 
 
-def status_report(state: dict[str, Any]) -> str:
+def status_report(state: DebugState) -> str:
     agent = state["hostAgent"]
     lines = [
         f"host agent {agent['endpoint']}: {'reachable' if agent['reachable'] else 'UNREACHABLE'}",

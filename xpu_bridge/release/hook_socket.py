@@ -1,4 +1,4 @@
-"""Release hook: a root-only unix socket through which a CNI's DEL frees one device at once.
+"""The release hook's socket: root-only, one JSON line each way, for a CNI's DEL.
 
 The protocol is one JSON line each way: `{"deviceId": "0000:3b:02.1"}` in, and
 `{"released": true|false, "message": "...", "port": "..."}` out.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from xpu_bridge.reconciler import ReleaseResult
-from xpu_bridge.sockets import remove_stale_socket
+from xpu_bridge.common.sockets import prepare_socket, remove_stale_socket
+from xpu_bridge.release.hook import ReleaseResult
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ class ReleaseHookServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_socket(self.path, "release.hookSocket")
+        prepare_socket(self.path, "release.hookSocket")
         self._server = await asyncio.start_unix_server(
             self._handle, path=str(self.path), limit=MAX_REQUEST
         )

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from xpu_bridge.cli import UsageError, stop_on_signals
+from xpu_bridge.common.addresses import parse_host_port, unix_socket_path
 
 
 def _non_negative(text: str) -> float:
@@ -19,7 +20,7 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def add_simulate(commands: argparse._SubParsersAction) -> None:
+def add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "simulate",
         help="run xpu-bridge on a simulated node (kubelet, host agent, sysfs) and show pods",
@@ -40,7 +41,7 @@ async def simulate_command(args: argparse.Namespace) -> int:
     return await simulate(args.duration, sys.stdout, stop_on_signals(), keep=args.keep)
 
 
-def add_sim_agent(commands: argparse._SubParsersAction) -> None:
+def add_sim_agent(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "sim-agent", help="run the simulated OPI host agent alone (for manual tests)"
     )
@@ -63,8 +64,13 @@ async def sim_agent_command(args: argparse.Namespace) -> int:
     bridges = args.bridge or [
         f"//network.opiproject.org/bridges/{name}" for name in ("red", "blue-a", "blue-b", "green")
     ]
-    if not args.listen.startswith("unix:///") and ":" not in args.listen:
-        raise UsageError(f"--listen: {args.listen!r} must be unix:///path or host:port")
+    if unix_socket_path(args.listen) is None:
+        try:
+            parse_host_port(args.listen)
+        except ValueError:
+            raise UsageError(
+                f"--listen: {args.listen!r} must be unix:///path or host:port"
+            ) from None
     stop = stop_on_signals()
     server = asyncio.create_task(
         serve_host_agent(

@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 from xpu_bridge.config import parse_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
-from xpu_bridge.opi_client import BridgePortClient
-from xpu_bridge.pool import env_name
-from xpu_bridge.ports import PortState
+from xpu_bridge.hostagent.opi_evpn import BridgePortClient
+from xpu_bridge.hostagent.ports import PortState
+from xpu_bridge.node.pool import env_name
 from xpu_bridge.sim.host_agent import SimHostAgent
 from xpu_bridge.sim.kubelet import AdmissionError, Assignment, Container, SimKubelet
 from xpu_bridge.sim.sysfs import build_node
@@ -96,7 +96,7 @@ class SimulatedNode:
             sysfs_root=root / "sys",
             devinfo_dir=root / "devinfo",
         )
-        daemon = Daemon(options)
+        daemon = await Daemon.create(options)
         await daemon.start()
         for resource in (RED, BLUE, GREEN):
             await kubelet.wait_registered(resource, timeout=20)
@@ -145,10 +145,11 @@ async def wait_released(
 ) -> str:
     """The kubelet never says a device is free: the reconciler notices and releases the port."""
     ports = {
-        node.daemon.pools[item.resource_name].get(device).spec.port_id  # type: ignore[union-attr]
+        owner.entry.spec.port_id
         for item in history
         if item.pod == pod
         for device in item.device_ids
+        if (owner := node.daemon.pools.find(device)) is not None
     }
     started = time.monotonic()
     while ports & set(node.agent.ports) and time.monotonic() - started < 15:
@@ -186,10 +187,10 @@ def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, PortSt
 
 
 def _pci(node: SimulatedNode, resource: str, device_id: str) -> str:
-    entry = node.daemon.pools[resource].get(device_id)
-    if entry is None:
+    owner = node.daemon.pools.find(device_id)
+    if owner is None or owner.resource != resource:
         return "?"
-    device = entry.device
+    device = owner.entry.device
     return device.pci_address if device.kind == "vf" else f"{device.pf_address} (PF)"
 
 

@@ -1,0 +1,1 @@
+"""Pieces every boundary shares: errors, gRPC status text, addresses, sockets, background loops."""

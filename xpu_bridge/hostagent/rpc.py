@@ -1,0 +1,130 @@
+"""Calls to the host agent: one budget per operation, retries of transient codes, observation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
+
+from xpu_bridge.common.errors import grpc_status_text
+from xpu_bridge.config import HostAgentConfig
+from xpu_bridge.hostagent.ports import PortError
+
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+REFUSED = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+
+Request = TypeVar("Request", bound=Message)
+Reply = TypeVar("Reply", bound=Message)
+RequestObserver = Callable[[str, str, float], None]
+"""Told (method, status code name, seconds) after every RPC: metrics and agent health."""
+
+
+def transient(error: BaseException) -> bool:
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() in TRANSIENT
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Absolute deadline on the event loop clock shared by every call of one operation."""
+
+    deadline: float
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+class AgentCaller:
+    """Makes the RPCs of one host agent: every attempt within `rpcTimeoutSeconds` and the
+    operation's budget, transient failures retried with jittered backoff, each one observed."""
+
+    def __init__(self, config: HostAgentConfig, observer: RequestObserver | None = None) -> None:
+        self.config = config
+        self._observer = observer
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoint
+
+    def budget(self, seconds: float | None = None) -> Budget:
+        total = self.config.attach_timeout_seconds if seconds is None else seconds
+        return Budget(asyncio.get_running_loop().time() + total)
+
+    async def call(
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Reply],
+        request: Request,
+        budget: Budget,
+    ) -> Reply:
+        """The first attempt goes straight out: Allocate sits inside pod admission, and the
+        retry machinery is only worth its cost once something failed."""
+        try:
+            return await self._once(method, rpc, request, budget)
+        except grpc.aio.AioRpcError as error:
+            if not transient(error):
+                raise
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(transient),
+            wait=wait_random_exponential(multiplier=0.02, max=1.0),
+            stop=stop_before_delay(max(budget.remaining(), 0.0)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(method, rpc, request, budget)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Reply],
+        request: Request,
+        budget: Budget,
+    ) -> Reply:
+        timeout = min(self.config.rpc_timeout_seconds, budget.remaining())
+        if timeout <= 0:
+            raise PortError(f"no time left for {method} at {self.endpoint}", unreachable=True)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        code = "OK"
+        try:
+            return await rpc(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            code = error.code().name
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer(method, code, loop.time() - started)
+
+    def failure(self, what: str, error: grpc.aio.AioRpcError) -> PortError:
+        """The message names the call, the agent's answer, and what the operator can check."""
+        unreachable = error.code() in TRANSIENT
+        if unreachable:
+            hint = f"is the OPI host agent running and reachable at {self.endpoint}?"
+        elif error.code() in REFUSED:
+            hint = "the agent refused it: check resourceList[].bridgePort against its bridges"
+        else:
+            hint = "see the host agent's log"
+        where = f" at {self.endpoint}" if unreachable else ""
+        return PortError(
+            f"{what} failed{where}: {grpc_status_text(error)} ({hint})", unreachable=unreachable
+        )

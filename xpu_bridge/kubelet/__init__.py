@@ -1,0 +1,1 @@
+"""The kubelet side: device plugin servers and endpoints, registration, the PodResources client."""

@@ -1,0 +1,82 @@
+"""The node's pools by resource name, and the lookups that cross them (by device, by port)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from xpu_bridge.config import Config
+from xpu_bridge.node.pool import DevicePool, PoolDevice
+from xpu_bridge.node.selection import Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class PooledDevice:
+    """A device of one of our pools."""
+
+    pool: DevicePool
+    entry: PoolDevice
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+    @property
+    def resource(self) -> str:
+        return self.pool.resource_name
+
+
+class PoolSet:
+    """Every pool of the node, in config order; pools never share a device."""
+
+    def __init__(self, pools: list[DevicePool]) -> None:
+        self._pools = {pool.resource_name: pool for pool in pools}
+
+    @classmethod
+    async def build(cls, config: Config, assignment: Assignment) -> PoolSet:
+        pools = []
+        for resource in config.resource_list:
+            name = config.full_resource_name(resource)
+            pool = DevicePool(name, resource, config.port_id_prefix)
+            await pool.replace_devices(assignment.pools.get(name, ()))
+            pools.append(pool)
+        return cls(pools)
+
+    def __iter__(self) -> Iterator[DevicePool]:
+        return iter(self._pools.values())
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def __contains__(self, resource: object) -> bool:
+        return resource in self._pools
+
+    def __getitem__(self, resource: str) -> DevicePool:
+        return self._pools[resource]
+
+    def names(self) -> list[str]:
+        return list(self._pools)
+
+    def get(self, resource: str) -> DevicePool | None:
+        return self._pools.get(resource)
+
+    def find(self, device_id: str) -> PooledDevice | None:
+        for pool in self._pools.values():
+            entry = pool.get(device_id)
+            if entry is not None:
+                return PooledDevice(pool, entry)
+        return None
+
+    def by_port_id(self) -> dict[str, PooledDevice]:
+        return {
+            entry.spec.port_id: PooledDevice(pool, entry)
+            for pool in self._pools.values()
+            for entry in pool.devices()
+        }
+
+    def known_port_id(self, device_id: str) -> str | None:
+        """The port ID of any device a pool has had, even one sysfs no longer shows."""
+        return next(
+            (port for pool in self._pools.values() if (port := pool.known_port_id(device_id))),
+            None,
+        )

@@ -1,0 +1,76 @@
+"""Held ports: which of our ports containers hold, read from PodResources, as port IDs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from xpu_bridge.config import Config
+from xpu_bridge.hostagent.port_ids import PortKey, port_id_for
+from xpu_bridge.kubelet.pod_resources import HeldDevices, HeldDeviceSource
+from xpu_bridge.node.pool_set import PoolSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPorts:
+    """Port IDs of every held device; `unmapped` are held SFs this daemon never saw in sysfs
+    (an SF's port ID needs its PF and sfnum, which only sysfs tells)."""
+
+    port_ids: set[str]
+    unmapped: set[str]
+
+
+class HeldPortMap:
+    """Reads who holds what, and maps it to port IDs even for devices gone from sysfs."""
+
+    def __init__(self, config: Config, pools: PoolSet, source: HeldDeviceSource) -> None:
+        self._pools = pools
+        self._source = source
+        self._port_id_prefix = config.port_id_prefix
+        self._prefixes = {config.resource_prefix} | {
+            r.resource_prefix for r in config.resource_list if r.resource_prefix
+        }
+        self._stale: set[str] = set()
+        self._unmapped: set[str] = set()
+
+    def ours(self, resource: str) -> bool:
+        """Served now, or under one of our prefixes: a pool renamed or removed from the config
+        may still have running pods, and their ports are still theirs."""
+        return resource in self._pools or resource.split("/", 1)[0] in self._prefixes
+
+    async def read(self) -> HeldDevices:
+        """Raises PodResourcesUnavailable when the kubelet cannot be asked."""
+        held = await self._source.held(self.ours)
+        stale = set(held.by_resource) - set(self._pools.names())
+        if stale - self._stale:
+            log.warning(
+                "containers still hold devices of %s, which this config no longer serves; "
+                "their ports are kept until those pods end",
+                ", ".join(sorted(stale)),
+            )
+        self._stale = stale
+        return held
+
+    def port_ids(self, held: HeldDevices) -> HeldPorts:
+        port_ids: set[str] = set()
+        unmapped: set[str] = set()
+        for device_id in held.all_ids():
+            port_id = self._pools.known_port_id(device_id)
+            if port_id is None:
+                with contextlib.suppress(ValueError):
+                    port_id = port_id_for(PortKey("vf", device_id), self._port_id_prefix)
+            if port_id is None:
+                unmapped.add(device_id)
+            else:
+                port_ids.add(port_id)
+        if unmapped and unmapped != self._unmapped:
+            log.warning(
+                "containers hold SF(s) %s that this daemon has not seen in sysfs; "
+                "no SF port is released until they are back or no longer held",
+                ", ".join(sorted(unmapped)),
+            )
+        self._unmapped = unmapped
+        return HeldPorts(port_ids, unmapped)

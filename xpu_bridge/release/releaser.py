@@ -1,0 +1,77 @@
+"""Releasing a port: the Delete and everything that goes with it (device-info, lease, counts)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from xpu_bridge.hostagent.ports import HostAgent, PortError, PortState
+from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
+from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.pool_set import PooledDevice
+from xpu_bridge.release.owned import OwnedPorts
+from xpu_bridge.release.stats import ReleaseStats
+
+log = logging.getLogger(__name__)
+
+REASONS = {"unheld": "no container holds it", "hook": "requested by the release hook"}
+
+
+class PortReleaser:
+    """Deletes one port at a time; a failed Delete is logged and left to the next pass."""
+
+    def __init__(
+        self,
+        agent: HostAgent,
+        owned: OwnedPorts,
+        leases: DeviceLeases,
+        devinfo: DevInfoStore,
+        stats: ReleaseStats,
+    ) -> None:
+        self._agent = agent
+        self._owned = owned
+        self._leases = leases
+        self._devinfo = devinfo
+        self._stats = stats
+
+    async def release(self, port: PortState, owner: PooledDevice | None, reason: str) -> bool:
+        """Delete `port` (of `owner`, None for a device no longer on this node)."""
+        started = time.monotonic()
+        try:
+            await self._agent.delete_port(port.name)
+        except PortError as error:
+            log.error("could not release port %s: %s (next pass retries)", port.name, error)
+            return False
+        self._owned.forget(port.port_id)
+        resource = owner.resource if owner else "unknown"
+        device = owner.id if owner else "(no longer on this node)"
+        if owner is not None:
+            self._leases.released(owner.id)
+            try:
+                self._devinfo.remove(resource, owner.id)
+            except (DevInfoError, OSError) as error:
+                log.error("device %s: could not remove device-info file: %s", device, error)
+        self._stats.releases[(resource, reason)] += 1
+        log.info(
+            "released port %s of device %s (%s) in %.1f ms: %s",
+            port.name,
+            device,
+            resource,
+            (time.monotonic() - started) * 1000,
+            REASONS[reason],
+        )
+        return True
+
+    async def release_unless_busy(
+        self, port: PortState, owner: PooledDevice | None, since: float
+    ) -> None:
+        """As a pass does: under the device's release lock, and not if an Allocate took the
+        device meanwhile (earlier deletes of the pass took time)."""
+        if owner is None:
+            await self.release(port, None, "unheld")
+            return
+        async with self._leases.release_lock(owner.id):
+            if self._leases.busy(owner.id, since):
+                log.info("port %s not released: its device was just allocated", port.port_id)
+                return
+            await self.release(port, owner, "unheld")

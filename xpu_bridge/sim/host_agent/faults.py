@@ -1,0 +1,178 @@
+"""Fault injection: the run-time fault plan and the interceptor that applies it to every RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+ALL_METHODS = "*"
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Gate: TypeAlias = Callable[[Context], Awaitable[None]]
+
+
+@dataclass
+class _ErrorRule:
+    rate: float
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass
+class Faults:
+    """Run-time fault plan, consulted on every RPC. Keys are method names such as
+    "CreateBridgePort" (or "Check" for health); "*" applies to every method."""
+
+    rng: random.Random
+    latency: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, _ErrorRule] = field(default_factory=dict)
+    queued: dict[str, list[grpc.StatusCode]] = field(default_factory=dict)
+    unavailable_until: float | None = None
+
+    def unavailable(self) -> bool:
+        return self.unavailable_until is not None and time.monotonic() < self.unavailable_until
+
+    def delay(self, method: str) -> float:
+        return self.latency.get(method, self.latency.get(ALL_METHODS, 0.0))
+
+    def error(self, method: str) -> tuple[grpc.StatusCode, str] | None:
+        """A queued failure first, then a roll of the seeded dice against the error rate."""
+        for key in (method, ALL_METHODS):
+            queue = self.queued.get(key)
+            if queue:
+                return queue.pop(0), f"simulated fault in {method}"
+        rule = self.errors.get(method, self.errors.get(ALL_METHODS))
+        if rule is not None and rule.rate > 0 and self.rng.random() < rule.rate:
+            return rule.code, rule.message
+        return None
+
+    # edits, behind SimHostAgent's methods of the same names ---------------------------------
+
+    def set_latency(self, method: str, seconds: float) -> None:
+        if seconds > 0:
+            self.latency[method] = seconds
+        else:
+            self.latency.pop(method, None)
+
+    def set_error_rate(
+        self, method: str, rate: float, code: grpc.StatusCode, message: str | None
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"error rate must be within 0..1, got {rate}")
+        if rate == 0:
+            self.errors.pop(method, None)
+            return
+        text = message or f"simulated fault in {method}"
+        self.errors[method] = _ErrorRule(rate=rate, code=code, message=text)
+
+    def fail_next(self, method: str, count: int, code: grpc.StatusCode) -> None:
+        self.queued.setdefault(method, []).extend([code] * count)
+
+    def set_unavailable(self, seconds: float | None) -> None:
+        self.unavailable_until = math.inf if seconds is None else time.monotonic() + seconds
+
+    def clear(self) -> None:
+        self.latency.clear()
+        self.errors.clear()
+        self.queued.clear()
+        self.unavailable_until = None
+
+
+def _gated_unary(inner: Callable[..., Any], gate: Gate) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def handle(request: Any, context: Context) -> Any:
+        await gate(context)
+        result = inner(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return handle
+
+
+def _gated_stream(inner: Callable[..., Any], gate: Gate) -> Callable[[Any, Context], Any]:
+    """Keep the handler's shape: grpc.aio dispatches on coroutine vs async generator."""
+    if inspect.iscoroutinefunction(inner):
+
+        async def handle_writer(request: Any, context: Context) -> None:
+            await gate(context)
+            await inner(request, context)
+
+        return handle_writer
+
+    async def handle_generator(request: Any, context: Context) -> AsyncIterator[Any]:
+        await gate(context)
+        responses = inner(request, context)
+        if inspect.isasyncgen(responses):
+            async for response in responses:
+                yield response
+        else:
+            for response in responses:
+                yield response
+
+    return handle_generator
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Req, Resp], gate: Gate
+) -> grpc.RpcMethodHandler[Req, Resp]:
+    """The same handler with `gate` run first, rebuilt with the factory grpc built it with."""
+    decode, encode = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _gated_unary(handler.unary_unary, gate), decode, encode
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _gated_unary(handler.stream_unary, gate), decode, encode
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _gated_stream(handler.unary_stream, gate), decode, encode
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            _gated_stream(handler.stream_stream, gate), decode, encode
+        )
+    return handler
+
+
+class FaultInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC and applies the fault plan before the real handler runs."""
+
+    def __init__(self, calls: Counter[str], faults: Faults) -> None:
+        self._calls = calls
+        self._faults = faults
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return _wrap_handler(handler, functools.partial(self._gate, method))
+
+    async def _gate(self, method: str, context: Context) -> None:
+        self._calls[method] += 1
+        if self._faults.unavailable():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "simulated agent unavailable")
+        delay = self._faults.delay(method)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        failure = self._faults.error(method)
+        if failure is not None:
+            await context.abort(*failure)
