@@ -8,7 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import builders
 import pytest
+from builders import sf, vf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,11 +29,10 @@ def test_standard_node_every_field(tmp_path: Path) -> None:
     assert inventory.problems == ()
     assert len(inventory.devices) == 2 * 8 + 2 * 2
     devices = {device.id: device for device in inventory.devices}
-    assert devices["0000:3b:02.1"] == Device(
-        id="0000:3b:02.1",
-        kind="vf",
+    assert devices["0000:3b:02.1"] == vf(
+        "0000:3b:02.1",
         pci_address="0000:3b:02.1",
-        pf_address="0000:3b:00.0",
+        pf="0000:3b:00.0",
         pf_name="ens1f0",
         index=1,
         vendor="15b3",
@@ -54,11 +55,10 @@ def test_sf_fields(tmp_path: Path) -> None:
     pf = sysfs.add_pf("0000:3b:00.1", "ens1f1", numa_node=1, total_vfs=0)
     sysfs.add_sf(pf, 88, aux_id=4, mac="AA:BB:CC:DD:EE:FF")
     assert discover(tmp_path).devices == (
-        Device(
-            id="mlx5_core.sf.4",
-            kind="sf",
+        sf(
+            "mlx5_core.sf.4",
             pci_address="0000:3b:00.1",
-            pf_address="0000:3b:00.1",
+            pf="0000:3b:00.1",
             pf_name="ens1f1",
             index=88,
             vendor="15b3",
@@ -71,6 +71,20 @@ def test_sf_fields(tmp_path: Path) -> None:
             aux_type="sf",
         ),
     )
+
+
+def test_builders_describe_build_node(tmp_path: Path) -> None:
+    """tests/builders.py's defaults are what discovery reads from build_node's tree (all but
+    the IOMMU group, which the builders leave to the test)."""
+    build_node(tmp_path, pfs=3, vfs_per_pf=16, sfs_per_pf=2)
+    discovered = discover(tmp_path).devices
+    assert len(discovered) == 3 * 16 + 3 * 2
+    for device in discovered:
+        build = vf if device.kind == "vf" else sf
+        assert build(device.id, iommu_group=device.iommu_group) == device
+    assert {builders.vf_address(pf, i) for pf in range(3) for i in range(16)} == {
+        device.id for device in discovered if device.kind == "vf"
+    }
 
 
 def test_plain_pf_contributes_no_vfs(tmp_path: Path) -> None:

@@ -5,43 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+import builders
+from builders import resource_config, vf_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xpu_bridge.config import ResourceConfig
 from xpu_bridge.node.inventory import Device
 from xpu_bridge.node.pool import DevicePool, env_name
 
 
 def vf(pf: int, index: int) -> Device:
-    return Device(
-        id=f"0000:3b:{2 + pf:02x}.{index}",
-        kind="vf",
-        pci_address=f"0000:3b:{2 + pf:02x}.{index}",
-        pf_address=f"0000:3b:00.{pf}",
-        pf_name=f"ens1f{pf}",
-        index=index,
-        vendor="15b3",
-        device_code="101e",
-        driver="mlx5_core",
-        numa_node=pf % 2,
-        iommu_group=None,
-        netdev=None,
-        mac=None,
-        aux_type=None,
-    )
+    """VF `index` of build_node's PF number `pf` (0: ens1f0, 1: ens1f1, 2: ens2f0)."""
+    return builders.vf(vf_address(pf, index))
 
 
 def make_pool(policy: str = "spread") -> DevicePool:
-    resource = ResourceConfig.model_validate(
-        {
-            "resourceName": "red",
-            "allocationPolicy": policy,
-            "selectors": [{"vendors": ["15b3"]}],
-            "bridgePort": {"logicalBridges": ["//b/red"]},
-        }
-    )
-    return DevicePool("opi.io/red", resource, "")
+    return DevicePool("opi.io/red", resource_config("red", allocationPolicy=policy), "")
 
 
 async def filled(policy: str = "spread") -> DevicePool:
@@ -55,15 +34,15 @@ async def test_spread_balances_pfs() -> None:
     ids = [entry.id for entry in pool.devices()]
     picked = pool.preferred(ids, [], 6)
     assert Counter(pool.get(i).device.pf_address for i in picked) == Counter(
-        {"0000:3b:00.0": 2, "0000:3b:00.1": 2, "0000:3b:00.2": 2}
+        {"0000:3b:00.0": 2, "0000:3b:00.1": 2, "0000:4b:00.0": 2}
     )
 
 
 async def test_pack_fills_the_pf_of_must_include_first() -> None:
     pool = await filled("pack")
     ids = [entry.id for entry in pool.devices()]
-    picked = pool.preferred(ids, ["0000:3b:03.5"], 4)
-    assert picked[0] == "0000:3b:03.5"
+    picked = pool.preferred(ids, ["0000:3b:0a.5"], 4)
+    assert picked[0] == "0000:3b:0a.5"
     assert {pool.get(i).device.pf_address for i in picked} == {"0000:3b:00.1"}
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import PF0, vf
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -177,32 +177,12 @@ def test_pf_name_ranges_match_exactly_their_indexes(
     text = ",".join(f"{low}-{low + width}" if width else str(low) for low, width in ranges)
     wanted = {i for low, width in ranges for i in range(low, low + width + 1)}
     cfg = config(pool("red", {"pfNames": [f"ens1f0#{text}"]}))
-    device = _device(index=index)
+    device = vf(index=index)
     assert bool(assign(cfg, [device]).pools["opi.io/red"]) is (index in wanted)
 
 
-def _device(**changes: Any) -> Device:
-    base = Device(
-        id="0000:3b:02.0",
-        kind="vf",
-        pci_address="0000:3b:02.0",
-        pf_address="0000:3b:00.0",
-        pf_name="ens1f0",
-        index=0,
-        vendor="15b3",
-        device_code="101e",
-        driver="mlx5_core",
-        numa_node=0,
-        iommu_group="7",
-        netdev="ens1f0v0",
-        mac="0c:42:a1:00:3b:10",
-        aux_type=None,
-    )
-    return dataclasses.replace(base, **changes)
-
-
 def test_unbound_device_never_matches_a_driver(node: dict[str, Device]) -> None:
-    device = _device(driver=None)
+    device = vf(driver=None)
     cfg = config(pool("red", {"drivers": ["mlx5_core"]}))
     assert ids(assign(cfg, [device]).unmatched) == [device.id]
     assert "driver (none) not in [mlx5_core]" in explain(cfg, device)
@@ -225,7 +205,7 @@ def test_explain_why_not(node: dict[str, Device]) -> None:
         pool("blue", {"auxTypes": ["sf"]}, device_type="auxNetDevice"),
         pool("green", {"vendors": ["8086"]}, {"pfNames": ["ens1f1#0-3,7"]}),
     )
-    device = _device(driver="vfio-pci", index=9)
+    device = vf(driver="vfio-pci", index=9)
     assert explain(cfg, device) == (
         "0000:3b:02.0 joins no pool: "
         "opi.io/red (resourceList[0]): driver vfio-pci not in [mlx5_core]; "
@@ -248,8 +228,9 @@ def test_explain_sf_and_vf_only_fields(node: dict[str, Device]) -> None:
 
 def test_assigning_4096_devices_is_fast() -> None:
     devices = [
-        _device(
-            id=f"0000:{bus:02x}:{slot:02x}.{fn}",
+        vf(
+            f"0000:{bus:02x}:{slot:02x}.{fn}",
+            pf=PF0,
             pf_name=f"ens{bus}f0",
             index=slot * 8 + fn,
             driver="vfio-pci" if fn % 2 else "mlx5_core",
