@@ -203,3 +203,38 @@ def test_cli_usage_error_is_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "--config" in result.stderr
+
+
+def test_api_version_v1_is_the_default_and_may_be_given() -> None:
+    assert parse_config(VALID).api_version == "xpu-bridge/v1"
+    assert parse_config({"apiVersion": "xpu-bridge/v1", **VALID}).api_version == "xpu-bridge/v1"
+
+
+@pytest.mark.parametrize("version", ["xpu-bridge/v2", "v1", "", 1])
+def test_another_api_version_is_one_line_naming_the_supported_one(version: object) -> None:
+    raw = {**copy.deepcopy(VALID), "apiVersion": version, "resourceList": "not even a list"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    (problem,) = caught.value.problems  # nothing else is checked in a document of another version
+    assert problem.startswith(f"apiVersion: {version!r} is not supported")
+    assert "xpu-bridge/v1" in problem
+
+
+def test_the_shipped_configmap_declares_its_api_version() -> None:
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[1] / "manifests/02-configmap.yaml").read_text()
+    )
+    document = yaml.safe_load(manifest["data"]["config.yaml"])
+    assert document["apiVersion"] == "xpu-bridge/v1"
+    assert parse_config(document).api_version == "xpu-bridge/v1"
+
+
+def test_check_config_cli_refuses_another_api_version_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "v2.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "xpu-bridge/v2", **VALID}))
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"xpu-bridge: config {path}: apiVersion: 'xpu-bridge/v2' is not supported; this "
+        "xpu-bridge reads xpu-bridge/v1 (leaving it out means xpu-bridge/v1)"
+    )

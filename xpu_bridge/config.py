@@ -15,6 +15,9 @@ from xpu_bridge.common.addresses import parse_host_port
 from xpu_bridge.common.errors import ProblemsError
 from xpu_bridge.common.pci import HEX_ID, PCI_ADDRESS
 
+API_VERSION = "xpu-bridge/v1"
+SUPPORTED_API_VERSIONS = (API_VERSION,)
+
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?\Z")
@@ -210,6 +213,7 @@ class ResourceConfig(StrictModel):
 
 
 class Config(StrictModel):
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
     host_agent: HostAgentConfig = Field(default_factory=HostAgentConfig, alias="hostAgent")
     port_id_prefix: str = Field(default="", alias="portIdPrefix", max_length=20)
     resource_prefix: str = Field(default="opi.io", alias="resourcePrefix")
@@ -274,10 +278,23 @@ def validation_problems(error: ValidationError) -> list[str]:
     return [f"{_location(e['loc'])}: {_message(e)}" for e in error.errors()]
 
 
+def _check_api_version(raw: dict[str, object]) -> None:
+    """Checked before anything else: a document of another version would only add noise."""
+    version = raw.get("apiVersion", API_VERSION)
+    if version not in SUPPORTED_API_VERSIONS:
+        raise ConfigError(
+            [
+                f"apiVersion: {version!r} is not supported; this xpu-bridge reads "
+                f"{', '.join(SUPPORTED_API_VERSIONS)} (leaving it out means {API_VERSION})"
+            ]
+        )
+
+
 def parse_config(raw: object) -> Config:
     """Validate an already-decoded document; raises ConfigError with one line per problem."""
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): must be a mapping with hostAgent, resourceList, ..."])
+    _check_api_version(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as error:

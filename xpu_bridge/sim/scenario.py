@@ -30,6 +30,7 @@ COLUMNS = ("POD", "CONTAINER", "RESOURCE", "DEVICE", "PCI", "MAC", "XPU PORT", "
 def simulated_config(root: Path) -> dict[str, Any]:
     """Three pools on a 2 PF x 8 VF node with SFs: access, trunk and SF ports."""
     return {
+        "apiVersion": "xpu-bridge/v1",
         "hostAgent": {"endpoint": f"unix://{root}/agent.sock", "attachTimeoutSeconds": 5},
         "release": {"intervalSeconds": 0.5, "graceSeconds": 1, "holdoffSeconds": 1},
         "resourceList": [
