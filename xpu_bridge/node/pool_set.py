@@ -11,7 +11,7 @@ from xpu_bridge.node.selection import Assignment
 
 
 @dataclass(frozen=True, slots=True)
-class PooledDevice:
+class PoolMember:
     """A device of one of our pools."""
 
     pool: DevicePool
@@ -60,16 +60,16 @@ class PoolSet:
     def get(self, resource: str) -> DevicePool | None:
         return self._pools.get(resource)
 
-    def find(self, device_id: str) -> PooledDevice | None:
+    def find(self, device_id: str) -> PoolMember | None:
         for pool in self._pools.values():
             entry = pool.get(device_id)
             if entry is not None:
-                return PooledDevice(pool, entry)
+                return PoolMember(pool, entry)
         return None
 
-    def by_port_id(self) -> dict[str, PooledDevice]:
+    def by_port_id(self) -> dict[str, PoolMember]:
         return {
-            entry.spec.port_id: PooledDevice(pool, entry)
+            entry.spec.port_id: PoolMember(pool, entry)
             for pool in self._pools.values()
             for entry in pool.devices()
         }

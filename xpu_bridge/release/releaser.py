@@ -8,7 +8,7 @@ import time
 from xpu_bridge.hostagent.ports import HostAgent, PortError, PortState
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
-from xpu_bridge.node.pool_set import PooledDevice
+from xpu_bridge.node.pool_set import PoolMember
 from xpu_bridge.release.owned import OwnedPorts
 from xpu_bridge.release.stats import ReleaseStats
 
@@ -34,7 +34,7 @@ class PortReleaser:
         self._devinfo = devinfo
         self._stats = stats
 
-    async def release(self, port: PortState, owner: PooledDevice | None, reason: str) -> bool:
+    async def release(self, port: PortState, owner: PoolMember | None, reason: str) -> bool:
         """Delete `port` (of `owner`, None for a device no longer on this node)."""
         started = time.monotonic()
         try:
@@ -63,7 +63,7 @@ class PortReleaser:
         return True
 
     async def release_unless_busy(
-        self, port: PortState, owner: PooledDevice | None, since: float
+        self, port: PortState, owner: PoolMember | None, since: float
     ) -> None:
         """As a pass does: under the device's release lock, and not if an Allocate took the
         device meanwhile (earlier deletes of the pass took time)."""

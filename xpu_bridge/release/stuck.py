@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from xpu_bridge.hostagent.ports import HostAgent, OperStatus, PortError, PortState
 from xpu_bridge.node.leases import DeviceLeases
-from xpu_bridge.node.pool_set import PooledDevice
+from xpu_bridge.node.pool_set import PoolMember
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class StuckDeletes:
     async def resend(
         self,
         owned: Mapping[str, PortState],
-        by_port: Mapping[str, PooledDevice],
+        by_port: Mapping[str, PoolMember],
         since: float,
     ) -> None:
         dying = {p for p, port in owned.items() if port.oper is OperStatus.TO_BE_DELETED}

@@ -9,7 +9,11 @@ from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
 from xpu_bridge.sim.host_agent.config import AgentConfig
 from xpu_bridge.sim.host_agent.errors import not_found, unknown
 from xpu_bridge.sim.host_agent.lifecycle import BridgeEntry, PortEntry, pending
-from xpu_bridge.sim.host_agent.names import BRIDGE_PREFIX, check_name, validate_user_settable_id
+from xpu_bridge.sim.host_agent.names import (
+    BRIDGE_PREFIX,
+    lookup,
+    validate_user_settable_id,
+)
 from xpu_bridge.sim.host_agent.pager import Pager
 from xpu_bridge.sim.host_agent.specs import clone, validate_bridge_spec
 
@@ -68,19 +72,14 @@ class Bridges:
         return clone(entry.msg)
 
     def get_bridge(self, request: pb.GetLogicalBridgeRequest) -> pb.LogicalBridge:
-        check_name(request.name)
-        entry = self.entries.get(request.name)
-        if entry is None:
-            raise not_found(f"unable to find key {request.name}")
+        entry = lookup(self.entries, request.name)
+        assert entry is not None
         return clone(entry.msg)
 
     def delete_bridge(self, request: pb.DeleteLogicalBridgeRequest) -> None:
-        check_name(request.name)
-        entry = self.entries.get(request.name)
+        entry = lookup(self.entries, request.name, allow_missing=request.allow_missing)
         if entry is None:
-            if request.allow_missing:
-                return
-            raise not_found(f"unable to find key {request.name}")
+            return
         if entry.ports or entry.macs:
             raise unknown("the LogicalBridge is not empty")
         entry.begin(pb.LB_OPER_STATUS_TO_BE_DELETED, self.config.delete_delay, self._gone)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
+from typing import TypeVar
 
-from xpu_bridge.sim.host_agent.errors import AgentError, unknown
+from xpu_bridge.sim.host_agent.errors import AgentError, not_found, unknown
+
+Entry = TypeVar("Entry")
 
 PORT_PREFIX = "//network.opiproject.org/ports/"
 BRIDGE_PREFIX = "//network.opiproject.org/bridges/"
@@ -130,3 +134,12 @@ def seed_name(bridge: str) -> str:
     except AgentError as err:
         raise ValueError(f"bad logical bridge {bridge!r}: {err.message}") from None
     return name
+
+
+def lookup(entries: Mapping[str, Entry], name: str, *, allow_missing: bool = False) -> Entry | None:
+    """Get/Delete: the name's syntax first, then NOT_FOUND unless `allow_missing`."""
+    check_name(name)
+    entry = entries.get(name)
+    if entry is None and not allow_missing:
+        raise not_found(f"unable to find key {name}")
+    return entry

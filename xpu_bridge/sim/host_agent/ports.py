@@ -13,7 +13,7 @@ from xpu_bridge.sim.host_agent.errors import AgentError, not_found, unknown
 from xpu_bridge.sim.host_agent.lifecycle import PortEntry, pending
 from xpu_bridge.sim.host_agent.names import (
     PORT_PREFIX,
-    check_name,
+    lookup,
     validate_resource_name,
     validate_user_settable_id,
 )
@@ -70,20 +70,15 @@ class Ports:
         return clone(msg)
 
     def get_port(self, request: pb.GetBridgePortRequest) -> pb.BridgePort:
-        check_name(request.name)
-        entry = self.entries.get(request.name)
-        if entry is None:
-            raise not_found(f"unable to find key {request.name}")
+        entry = lookup(self.entries, request.name)
+        assert entry is not None
         return clone(entry.msg)
 
     def delete_port(self, request: pb.DeleteBridgePortRequest) -> None:
         """Deleting a dying port restarts its deletion, as upstream's DeleteBP does."""
-        check_name(request.name)
-        entry = self.entries.get(request.name)
+        entry = lookup(self.entries, request.name, allow_missing=request.allow_missing)
         if entry is None:
-            if request.allow_missing:
-                return
-            raise not_found(f"unable to find key {request.name}")
+            return
         entry.begin(pb.BP_OPER_STATUS_TO_BE_DELETED, self.config.delete_delay, self._gone)
         log.debug("deleting port %s", request.name)
 
