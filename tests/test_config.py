@@ -238,3 +238,8 @@ def test_check_config_cli_refuses_another_api_version_in_one_line(tmp_path: Path
         f"xpu-bridge: config {path}: apiVersion: 'xpu-bridge/v2' is not supported; this "
         "xpu-bridge reads xpu-bridge/v1 (leaving it out means xpu-bridge/v1)"
     )
+
+
+def test_api_version_by_its_python_name_is_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"apiVersion: 'xpu-bridge/v9' is not supported"):
+        parse_config({"api_version": "xpu-bridge/v9", **VALID})

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from xpu_bridge.common.addresses import parse_host_port
+from xpu_bridge.common.addresses import parse_host_port, unix_socket_path
 from xpu_bridge.common.errors import ProblemsError
 from xpu_bridge.common.pci import HEX_ID, PCI_ADDRESS
 
@@ -57,8 +57,9 @@ class HostAgentConfig(StrictModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint_shape(cls, value: str) -> str:
-        if value.startswith("unix://"):
-            if not value.removeprefix("unix://").startswith("/"):
+        socket = unix_socket_path(value)
+        if socket is not None:
+            if not socket.is_absolute():
                 raise ValueError("a unix endpoint needs an absolute path: unix:///path/to.sock")
             return value
         try:
@@ -69,7 +70,7 @@ class HostAgentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tls_only_on_tcp(self) -> HostAgentConfig:
-        if self.tls is not None and self.endpoint.startswith("unix://"):
+        if self.tls is not None and unix_socket_path(self.endpoint) is not None:
             raise ValueError("tls applies to host:port endpoints only, not unix sockets")
         if self.attach_timeout_seconds < self.rpc_timeout_seconds:
             raise ValueError("attachTimeoutSeconds must be at least rpcTimeoutSeconds")
@@ -223,6 +224,13 @@ class Config(StrictModel):
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     resource_list: list[ResourceConfig] = Field(alias="resourceList", min_length=1)
 
+    @field_validator("api_version")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        if value not in SUPPORTED_API_VERSIONS:
+            raise ValueError(_unsupported(value))
+        return value
+
     @field_validator("port_id_prefix")
     @classmethod
     def _port_prefix(cls, value: str) -> str:
@@ -280,14 +288,16 @@ def validation_problems(error: ValidationError) -> list[str]:
 
 def _check_api_version(raw: dict[str, object]) -> None:
     """Checked before anything else: a document of another version would only add noise."""
-    version = raw.get("apiVersion", API_VERSION)
+    version = raw.get("apiVersion", raw.get("api_version", API_VERSION))
     if version not in SUPPORTED_API_VERSIONS:
-        raise ConfigError(
-            [
-                f"apiVersion: {version!r} is not supported; this xpu-bridge reads "
-                f"{', '.join(SUPPORTED_API_VERSIONS)} (leaving it out means {API_VERSION})"
-            ]
-        )
+        raise ConfigError([f"apiVersion: {_unsupported(version)}"])
+
+
+def _unsupported(version: object) -> str:
+    return (
+        f"{version!r} is not supported; this xpu-bridge reads "
+        f"{', '.join(SUPPORTED_API_VERSIONS)} (leaving it out means {API_VERSION})"
+    )
 
 
 def parse_config(raw: object) -> Config:

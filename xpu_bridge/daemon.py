@@ -31,7 +31,6 @@ from xpu_bridge.node.rescan import Rescanner, scan
 from xpu_bridge.ops.http import OpsServer
 from xpu_bridge.ops.metrics import Metrics
 from xpu_bridge.ops.status import NodeStatus
-from xpu_bridge.release.hook import ReleaseHook
 from xpu_bridge.release.hook_socket import ReleaseHookServer
 from xpu_bridge.release.reconciler import Reconciler
 
@@ -51,15 +50,13 @@ class DaemonOptions:
 
 @dataclass(frozen=True, slots=True)
 class _Agent:
-    """The host agent backend and what watches it."""
+    """The host agent backend and its health, fed by every call we make to it."""
 
     client: HostAgent
     health: AgentHealth
-    metrics: Metrics
 
     @classmethod
-    def connect(cls, config: Config) -> _Agent:
-        metrics = Metrics()
+    def connect(cls, config: Config, metrics: Metrics) -> _Agent:
         health = AgentHealth(config.host_agent.unhealthy_after_seconds)
 
         def observe(method: str, code: str, seconds: float) -> None:
@@ -67,7 +64,7 @@ class _Agent:
             metrics.observe_opi(method, code, seconds)
             health.observe(code)
 
-        return cls(BridgePortClient(config.host_agent, observer=observe), health, metrics)
+        return cls(BridgePortClient(config.host_agent, observer=observe), health)
 
 
 class Daemon:
@@ -76,6 +73,7 @@ class Daemon:
     def __init__(
         self,
         options: DaemonOptions,
+        metrics: Metrics,
         pools: PoolSet,
         agent: _Agent,
         pod_resources: PodResourcesClient,
@@ -99,12 +97,12 @@ class Daemon:
             lambda: agent.health.up(loop_time()),
             lambda: self.loops.broken,
         )
-        agent.metrics.watch_state(self.status.snapshot)
+        metrics.watch_state(self.status.snapshot)
         address = options.metrics_address
         self.ops = (
             OpsServer(
                 address,
-                agent.metrics,
+                metrics,
                 self.status.not_live,
                 self.status.not_ready,
                 self.status.debug_state,
@@ -113,26 +111,43 @@ class Daemon:
             else None
         )
         hook = options.config.release.hook_socket
-        self.hook = ReleaseHookServer(hook, self._release_hook().release_now) if hook else None
+        self.hook = ReleaseHookServer(hook, reconciler.release_hook().release_now) if hook else None
 
     @classmethod
     async def create(cls, options: DaemonOptions) -> Daemon:
-        """Scan sysfs and build every part; raises StartupError when pools would overlap."""
+        """Scan sysfs and build every part; raises StartupError when pools would overlap. The
+        channels opened here are closed again if anything after them fails."""
+        metrics = Metrics()
+        agent = _Agent.connect(options.config, metrics)
+        pod_resources = PodResourcesClient(options.pod_resources_socket)
+        try:
+            return await cls._build(options, metrics, agent, pod_resources)
+        except BaseException:
+            await agent.client.close()
+            await pod_resources.close()
+            raise
+
+    @classmethod
+    async def _build(
+        cls,
+        options: DaemonOptions,
+        metrics: Metrics,
+        agent: _Agent,
+        pod_resources: PodResourcesClient,
+    ) -> Daemon:
         config = options.config
-        agent = _Agent.connect(config)
         assignment = await scan(config, options.sysfs_root)
         if assignment.conflicts:
-            await agent.client.close()
             raise StartupError(list(assignment.conflicts))
         pools = await PoolSet.build(config, assignment)
-        leases = DeviceLeases(config.release.grace_seconds, loop_time)
+        leases = DeviceLeases(config.release.grace_seconds)
         devinfo = DevInfoStore(options.devinfo_dir)
         endpoints = [
             PluginEndpoint(
                 DevicePluginService(
                     pool,
                     Allocator(pool, agent.client, devinfo, leases),
-                    observer=agent.metrics.observe_allocate,
+                    observer=metrics.observe_allocate,
                 ),
                 options.kubelet_dir,
             )
@@ -142,9 +157,8 @@ class Daemon:
             options.kubelet_dir,
             endpoints,
             options.registration_poll_seconds,
-            on_registered=agent.metrics.registered,
+            on_registered=metrics.registered,
         )
-        pod_resources = PodResourcesClient(options.pod_resources_socket)
         reconciler = Reconciler(
             config,
             pools,
@@ -158,22 +172,11 @@ class Daemon:
         for pool in pools:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
         options.kubelet_dir.mkdir(parents=True, exist_ok=True)
-        return cls(options, pools, agent, pod_resources, registrar, reconciler)
+        return cls(options, metrics, pools, agent, pod_resources, registrar, reconciler)
 
     @property
     def pools(self) -> PoolSet:
         return self.rescanner.pools
-
-    def _release_hook(self) -> ReleaseHook:
-        reconciler = self.reconciler
-        return ReleaseHook(
-            self.pools,
-            reconciler.leases,
-            reconciler.held,
-            reconciler.owned,
-            reconciler.gate,
-            reconciler.releaser,
-        )
 
     async def start(self) -> None:
         if self.ops is not None:

@@ -1,1 +1,1 @@
-"""Pieces every boundary shares: errors, gRPC status text, addresses, sockets, background loops."""
+"""Pieces every boundary shares: errors, addresses, sockets, background loops, PCI/MAC syntax."""

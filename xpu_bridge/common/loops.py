@@ -18,16 +18,18 @@ async def keep_running(
     *,
     step_first: bool = False,
     after_failure: float = 0.0,
+    meanwhile: str = "trying again",
 ) -> None:
     """`pause` then `step` (or the other way round), until cancelled. A failing step is logged
-    with `what` and tried again after the next pause (plus `after_failure` seconds)."""
+    as "<what> failed; <meanwhile>" and tried again after the next pause (plus
+    `after_failure` seconds)."""
     if not step_first:
         await pause()
     while True:
         try:
             await step()
         except Exception:
-            log.exception("%s failed; trying again", what)
+            log.exception("%s failed; %s", what, meanwhile)
             if after_failure > 0:
                 await asyncio.sleep(after_failure)
         await pause()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
+
+from xpu_bridge.common.loops import loop_time
 
 # One failed call does not make the agent "down" for readiness; one failing this long does.
 READY_TOLERANCE = 2.0
@@ -26,7 +27,7 @@ class AgentHealth:
 
     def observe(self, code: str) -> None:
         """From the RPC observer: any answer but a transport failure means reachable."""
-        self.record(code not in TRANSPORT_FAILURES, asyncio.get_running_loop().time())
+        self.record(code not in TRANSPORT_FAILURES, loop_time())
 
     def up(self, now: float) -> bool:
         return self.down_since is None or now - self.down_since < READY_TOLERANCE

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
 from xpu_bridge.common.errors import grpc_status_text
+from xpu_bridge.common.loops import loop_time
 from xpu_bridge.config import HostAgentConfig
 from xpu_bridge.hostagent.ports import PortError
 
@@ -49,7 +50,7 @@ class Budget:
     deadline: float
 
     def remaining(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
+        return self.deadline - loop_time()
 
 
 class AgentCaller:
@@ -66,7 +67,7 @@ class AgentCaller:
 
     def budget(self, seconds: float | None = None) -> Budget:
         total = self.config.attach_timeout_seconds if seconds is None else seconds
-        return Budget(asyncio.get_running_loop().time() + total)
+        return Budget(loop_time() + total)
 
     async def call(
         self,

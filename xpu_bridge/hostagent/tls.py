@@ -1,4 +1,4 @@
-"""The channel to the host agent: plain on a unix socket, TLS (mutual if configured) over TCP."""
+"""The channel to the host agent: TLS (mutual if configured) when hostAgent.tls says so."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kubelet device plugin server: one DevicePlugin gRPC service per pool on its own unix socket."""
+"""The kubelet's device plugin API for one pool: options, ListAndWatch, preferred pick, Allocate."""
 
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ class KubeletRegistrar:
 
     The kubelet deletes every socket in its directory when it restarts and never reconnects a
     lost ListAndWatch stream, so both events lead to the same cure: serve again and register.
+    It sets each endpoint's service to tell it when its stream is lost.
     """
 
     def __init__(

@@ -8,17 +8,18 @@ of a pod that is still being admitted.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+
+from xpu_bridge.common.loops import loop_time
 
 
 class DeviceLeases:
     """Attaching and attached-at marks, and per-device release locks, for every pool. Its
     clock is the node's: release passes judge grace periods and hold-offs by it too."""
 
-    def __init__(self, grace_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, grace_seconds: float, clock: Callable[[], float] = loop_time) -> None:
         self.grace_seconds = grace_seconds
         self.now = clock
         self._attaching: Counter[str] = Counter()

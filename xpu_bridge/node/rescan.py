@@ -35,9 +35,10 @@ class Rescanner:
     async def run(self) -> None:
         """Every rescanIntervalSeconds until cancelled; a failed scan keeps the last list."""
         await keep_running(
-            f"rescan of {self.sysfs_root} (the last device list stays)",
+            f"rescan of {self.sysfs_root}",
             self.rescan,
             every(lambda: self.config.rescan_interval_seconds),
+            meanwhile="keeping the last device list",
         )
 
     async def rescan(self) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config
 from xpu_bridge.hostagent.port_ids import PortKey, port_id_for
+from xpu_bridge.hostagent.ports import PortState
 from xpu_bridge.kubelet.pod_resources import HeldDevices, HeldDeviceSource
 from xpu_bridge.node.pool_set import PoolSet
 
@@ -74,3 +76,15 @@ class HeldPortMap:
             )
         self._unmapped = unmapped
         return HeldPorts(port_ids, unmapped)
+
+
+async def adopt_held_macs(
+    pools: PoolSet, held: HeldDevices, owned: Mapping[str, PortState]
+) -> None:
+    """A held port's MAC wins over one derived because sysfs shows the device no netdev."""
+    for pool in pools:
+        for device_id in held.ids(pool.resource_name):
+            entry = pool.get(device_id)
+            port = owned.get(entry.spec.port_id) if entry else None
+            if entry is not None and port is not None and entry.device.mac is None:
+                await pool.adopt_mac(device_id, port.mac)

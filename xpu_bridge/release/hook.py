@@ -51,7 +51,7 @@ class ReleaseHook:
         )
         if self._leases.recently_attached(device_id):
             return too_recent
-        holdoff = self._gate.holdoff_reason(self._owned.clock())
+        holdoff = self._gate.holdoff_reason(self._leases.now())
         if holdoff is not None:
             return ReleaseResult(False, f"device {device_id}: not now: {holdoff}")
         try:

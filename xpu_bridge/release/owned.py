@@ -40,14 +40,13 @@ class OwnedPorts:
 
     async def refresh(self) -> dict[str, PortState] | None:
         """List the agent's ports; None (and the last view kept) when it cannot be reached."""
-        now = self.clock()
         try:
             ports = await self.agent.list_ports(seconds=self._budget)
         except PortError as error:
-            self.health.record(False, now)
+            self.health.record(False, self.clock())
             log.debug("ListBridgePorts failed: %s", error)
             return None
-        self.health.record(True, now)
+        self.health.record(True, self.clock())
         self.ports = {p.port_id: p for p in ports if self.ours(p.port_id)}
         return self.ports
 

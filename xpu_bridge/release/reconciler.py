@@ -21,9 +21,10 @@ from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate, release_candidates
 from xpu_bridge.release.guards import POD_RESOURCES_UNREADABLE, HoldBack, ReleaseGuards
-from xpu_bridge.release.held import HeldPortMap, HeldPorts
+from xpu_bridge.release.held import HeldPortMap, HeldPorts, adopt_held_macs
+from xpu_bridge.release.hook import ReleaseHook
 from xpu_bridge.release.owned import OwnedPorts
-from xpu_bridge.release.recovery import adopt_held_macs, recover
+from xpu_bridge.release.recovery import recover
 from xpu_bridge.release.releaser import PortReleaser
 from xpu_bridge.release.repair import PortRepair
 from xpu_bridge.release.stats import ReleaseStats
@@ -64,13 +65,22 @@ class Reconciler:
         self._stuck = StuckDeletes(agent, leases)
         self._repair = PortRepair(agent, self.owned, leases, self.stats, clock)
 
+    def release_hook(self) -> ReleaseHook:
+        """The hook's decisions share this pass's view, gate and releaser."""
+        return ReleaseHook(self.pools, self.leases, self.held, self.owned, self.gate, self.releaser)
+
     async def recover(self) -> None:
         """Start-up, before the kubelet hears of us."""
         await recover(self.pools, self.owned, self.held, self.gate, self.leases.now())
 
     async def run(self) -> None:
         """Runs until cancelled."""
-        await keep_running("reconcile pass", self.reconcile, every(lambda: self.interval))
+        await keep_running(
+            "reconcile pass",
+            self.reconcile,
+            every(lambda: self.interval),
+            meanwhile=f"trying again in {self.interval:.0f}s",
+        )
 
     async def reconcile(self) -> None:
         """One pass. PodResources is read before the ports, so a hold it reports is never

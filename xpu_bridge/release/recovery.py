@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
-from xpu_bridge.hostagent.ports import PortState
-from xpu_bridge.kubelet.pod_resources import HeldDevices, PodResourcesUnavailable
+from xpu_bridge.kubelet.pod_resources import PodResourcesUnavailable
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate
-from xpu_bridge.release.held import HeldPortMap
+from xpu_bridge.release.held import HeldPortMap, adopt_held_macs
 from xpu_bridge.release.owned import OwnedPorts
 
 log = logging.getLogger(__name__)
-
-
-async def adopt_held_macs(
-    pools: PoolSet, held: HeldDevices, owned: Mapping[str, PortState]
-) -> None:
-    """A held port's MAC wins over one derived because sysfs shows the device no netdev."""
-    for pool in pools:
-        for device_id in held.ids(pool.resource_name):
-            entry = pool.get(device_id)
-            port = owned.get(entry.spec.port_id) if entry else None
-            if entry is not None and port is not None and entry.device.mac is None:
-                await pool.adopt_mac(device_id, port.mac)
 
 
 async def recover(
