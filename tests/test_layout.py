@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "xpu_bridge.__init__": set(),
     "xpu_bridge.logs": set(),
     "xpu_bridge.config": {"xpu_bridge.common"},
-    "xpu_bridge.hostagent": BASE | {"opi_protos.evpn_gw"},
+    "xpu_bridge.hostagent": BASE | {"opi_protos.evpn_gw", "opi_protos.dpu_api"},
     "xpu_bridge.node": BASE | PORT_MODEL,
     "xpu_bridge.kubelet": BASE | PORT_MODEL | {"xpu_bridge.node", "opi_protos.kubelet"},
     "xpu_bridge.release": BASE

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
 
+from opi_protos.dpu_api import api_pb2 as vendor
 from opi_protos.evpn_gw import component_pb2
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
@@ -223,3 +224,60 @@ def test_service_and_enum_names() -> None:
     ]
     assert opi.BP_OPER_STATUS_TO_BE_DELETED == 3 and opi.BRIDGE_PORT_TYPE_TRUNK == 2
     assert opi.DESCRIPTOR.package == "opi_api.network.evpn_gw.v1alpha1"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (vendor.Empty, {}),
+        (vendor.InitRequest, {"dpu_mode": (1, F.TYPE_BOOL, False),
+                              "dpu_identifier": (2, F.TYPE_STRING, False)}),
+        (vendor.IpPort, {"ip": (1, F.TYPE_STRING, False), "port": (2, F.TYPE_INT32, False)}),
+        (vendor.NFRequest, {"input": (1, F.TYPE_STRING, False),
+                            "output": (2, F.TYPE_STRING, False)}),
+        (vendor.VfCount, {"vf_cnt": (1, F.TYPE_INT32, False)}),
+        (vendor.TopologyInfo, {"node": (1, F.TYPE_STRING, False)}),
+        (vendor.Device, {"ID": (1, F.TYPE_STRING, False), "health": (2, F.TYPE_STRING, False),
+                         "topology": (3, F.TYPE_MESSAGE, False)}),
+        (vendor.DeviceListResponse, {"devices": (1, F.TYPE_MESSAGE, True)}),
+        (vendor.PingRequest, {"timestamp": (1, F.TYPE_INT64, False),
+                              "sender_id": (2, F.TYPE_STRING, False)}),
+        (vendor.PingResponse, {"timestamp": (1, F.TYPE_INT64, False),
+                               "responder_id": (2, F.TYPE_STRING, False),
+                               "healthy": (3, F.TYPE_BOOL, False)}),
+    ],
+)  # fmt: skip
+def test_vendor_plugin_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
+    """dpu-operator's dpu-api/api.proto, package Vendor, read off upstream by hand."""
+    assert fields(message) == expected
+
+
+def test_vendor_plugin_services_and_map_entry() -> None:
+    assert vendor.DESCRIPTOR.package == "Vendor"
+    services = {
+        s.full_name: [(m.name, m.input_type.full_name, m.output_type.full_name) for m in s.methods]
+        for s in vendor.DESCRIPTOR.services_by_name.values()
+    }
+    assert services == {
+        "Vendor.LifeCycleService": [("Init", "Vendor.InitRequest", "Vendor.IpPort")],
+        "Vendor.NetworkFunctionService": [
+            ("CreateNetworkFunction", "Vendor.NFRequest", "Vendor.Empty"),
+            ("DeleteNetworkFunction", "Vendor.NFRequest", "Vendor.Empty"),
+        ],
+        "Vendor.DeviceService": [
+            ("GetDevices", "Vendor.Empty", "Vendor.DeviceListResponse"),
+            ("SetNumVfs", "Vendor.VfCount", "Vendor.VfCount"),
+        ],
+        "Vendor.HeartbeatService": [("Ping", "Vendor.PingRequest", "Vendor.PingResponse")],
+    }
+    entry = vendor.DeviceListResponse.DESCRIPTOR.fields_by_name["devices"].message_type
+    assert entry.GetOptions().map_entry
+    assert fields_of(entry) == {
+        "key": (1, F.TYPE_STRING, False),
+        "value": (2, F.TYPE_MESSAGE, False),
+    }
+    assert entry.fields_by_name["value"].message_type.full_name == "Vendor.Device"
+
+
+def fields_of(descriptor) -> dict[str, tuple[int, int, bool]]:
+    return {f.name: (f.number, f.type, f.is_repeated) for f in descriptor.fields}
