@@ -11,6 +11,7 @@ from builders import port_state
 
 from xpu_bridge.hostagent.port_ids import port_id_from_name
 from xpu_bridge.hostagent.ports import (
+    AgentCapabilities,
     Attachment,
     HostAgent,
     OperStatus,
@@ -80,6 +81,16 @@ class FakeAgent:
     @property
     def attach_timeout(self) -> float:
         return self._attach_timeout
+
+    @property
+    def capabilities(self) -> AgentCapabilities:
+        return AgentCapabilities(lists_ports=True, reports_status=True, heartbeat=False)
+
+    async def start(self) -> None:
+        self._call("start")
+
+    async def ping(self) -> bool:
+        raise PortError("the fake agent has no heartbeat")
 
     def _call(self, method: str) -> None:
         self.calls[method] += 1

@@ -116,7 +116,7 @@ async def test_agent_down_fails_pod_with_device_and_cause_then_recovers(node: No
     message = str(caught.value)
     assert "device 0000:3b:02.0" in message
     assert "UNAVAILABLE" in message
-    assert f"is the OPI host agent running and reachable at unix://{node.root}" in message
+    assert f"is the host agent running and reachable at unix://{node.root}" in message
     assert not node.kubelet.assignments(pod="down")
     node.agent.clear_unavailable()
     (assignment,) = await node.kubelet.admit_pod("up", containers=[Container("c", {RED: 1})])

@@ -15,7 +15,11 @@ MAX_CLASS_ATTRIBUTES = 10
 # What each part of the daemon may import (besides itself). Arrows point down: node knows only
 # the port model; kubelet uses node; release uses node, hostagent and the PodResources client;
 # only daemon and cli wire everything; nothing outside sim imports sim.
-PORT_MODEL = {"xpu_bridge.hostagent.ports", "xpu_bridge.hostagent.port_ids"}
+PORT_MODEL = {
+    "xpu_bridge.hostagent.ports",
+    "xpu_bridge.hostagent.port_ids",
+    "xpu_bridge.hostagent.port_names",
+}
 BASE = {"xpu_bridge.common", "xpu_bridge.config"}
 ALLOWED: dict[str, set[str]] = {
     "xpu_bridge.common": set(),
@@ -30,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "xpu_bridge.ops": BASE | PORT_MODEL | {"xpu_bridge.node"},
 }
 EVERYTHING_BUT_SIM = {"xpu_bridge", "opi_protos"}
-WIRING = {"xpu_bridge.daemon", "xpu_bridge.cli"}
+WIRING = {"xpu_bridge.daemon", "xpu_bridge.cli", "xpu_bridge.backends"}
 
 
 def module_name(path: Path) -> str:

@@ -10,6 +10,7 @@ from builders import port_state, resource_config, vf
 from fakes import Clock, FakeAgent, settle
 
 from xpu_bridge.hostagent.health import AgentHealth
+from xpu_bridge.hostagent.port_names import OpiPortIds
 from xpu_bridge.hostagent.ports import OperStatus, PortSpec, PortState
 from xpu_bridge.kubelet.pod_resources import HeldDevices, Holder
 from xpu_bridge.node.leases import DeviceLeases
@@ -132,7 +133,7 @@ class Repairs:
         self.clock = Clock()
         self.agent = FakeAgent(attach_timeout)
         self.leases = DeviceLeases(grace, self.clock)
-        self.owned = OwnedPorts(self.agent, AgentHealth(30), "", 5.0, self.clock)
+        self.owned = OwnedPorts(self.agent, AgentHealth(30), OpiPortIds, 5.0, self.clock)
         self.stats = ReleaseStats()
         self.pool = DevicePool(RED, resource_config("red"), "")
         self.pools = PoolSet([self.pool])

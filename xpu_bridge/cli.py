@@ -222,8 +222,7 @@ async def release_command(args: argparse.Namespace) -> int:
 
 
 def _describe(resource: ResourceConfig) -> str:
-    bridge = resource.bridge_port
-    return f"{resource.device_type}, {bridge.type} port on {', '.join(bridge.logical_bridges)}"
+    return f"{resource.device_type}, {resource.bridge_port.describe()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

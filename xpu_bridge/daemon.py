@@ -1,7 +1,8 @@
 """The node daemon, wired: create() builds every part, start() brings them up in order.
 
 Allocate path: kubelet/plugin_server.py (DevicePluginService.Allocate) -> node/allocator.py
-(Allocator) -> hostagent/opi_evpn.py (BridgePortClient.ensure_port). Release path:
+(Allocator) -> hostagent/opi_evpn.py (BridgePortClient.ensure_port) or
+hostagent/vendor_plugin.py (VendorPluginClient.ensure_port). Release path:
 release/reconciler.py (Reconciler.reconcile) -> release/gate.py -> release/releaser.py.
 """
 
@@ -12,22 +13,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from xpu_bridge.backends import Backend
 from xpu_bridge.common.errors import StartupError
 from xpu_bridge.common.loops import LoopSupervisor, loop_time
 from xpu_bridge.config import Config
-from xpu_bridge.hostagent.bridge_check import check_logical_bridges
-from xpu_bridge.hostagent.health import AgentHealth
-from xpu_bridge.hostagent.opi_evpn import BridgePortClient
 from xpu_bridge.hostagent.ports import HostAgent
+from xpu_bridge.hostagent.startup import wait_until_usable
 from xpu_bridge.kubelet.endpoint import PluginEndpoint
 from xpu_bridge.kubelet.plugin_server import DevicePluginService
-from xpu_bridge.kubelet.pod_resources import PodResourcesClient
+from xpu_bridge.kubelet.pod_resources import PodResourcesClient, PodResourcesUnavailable
 from xpu_bridge.kubelet.registration import KubeletRegistrar
 from xpu_bridge.node.allocator import Allocator
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.node.rescan import Rescanner, scan
+from xpu_bridge.node.vf_creation import plan_vfs
 from xpu_bridge.ops.http import OpsServer
 from xpu_bridge.ops.metrics import Metrics
 from xpu_bridge.ops.status import NodeStatus
@@ -48,25 +49,6 @@ class DaemonOptions:
     metrics_address: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Agent:
-    """The host agent backend and its health, fed by every call we make to it."""
-
-    client: HostAgent
-    health: AgentHealth
-
-    @classmethod
-    def connect(cls, config: Config, metrics: Metrics) -> _Agent:
-        health = AgentHealth(config.host_agent.unhealthy_after_seconds)
-
-        def observe(method: str, code: str, seconds: float) -> None:
-            """Every OPI call feeds the metrics and the agent's health (Allocates included)."""
-            metrics.observe_opi(method, code, seconds)
-            health.observe(code)
-
-        return cls(BridgePortClient(config.host_agent, observer=observe), health)
-
-
 class Daemon:
     """Start-up order matters: pools and sockets exist before the kubelet hears of them."""
 
@@ -75,13 +57,13 @@ class Daemon:
         options: DaemonOptions,
         metrics: Metrics,
         pools: PoolSet,
-        agent: _Agent,
+        backend: Backend,
         pod_resources: PodResourcesClient,
         registrar: KubeletRegistrar,
         reconciler: Reconciler,
     ) -> None:
         self.config = options.config
-        self.agent = agent.client
+        self.backend = backend
         self.pod_resources = pod_resources
         self.registrar = registrar
         self.reconciler = reconciler
@@ -93,8 +75,8 @@ class Daemon:
             lambda: reconciler.owned.ports,
             registrar,
             reconciler.stats,
-            self.agent.endpoint,
-            lambda: agent.health.up(loop_time()),
+            backend.client.endpoint,
+            lambda: backend.health.up(loop_time()),
             lambda: self.loops.broken,
         )
         metrics.watch_state(self.status.snapshot)
@@ -118,12 +100,12 @@ class Daemon:
         """Scan sysfs and build every part; raises StartupError when pools would overlap. The
         channels opened here are closed again if anything after them fails."""
         metrics = Metrics()
-        agent = _Agent.connect(options.config, metrics)
+        backend = Backend.connect(options.config, metrics, options.sysfs_root)
         pod_resources = PodResourcesClient(options.pod_resources_socket)
         try:
-            return await cls._build(options, metrics, agent, pod_resources)
+            return await cls._build(options, metrics, backend, pod_resources)
         except BaseException:
-            await agent.client.close()
+            await backend.client.close()
             await pod_resources.close()
             raise
 
@@ -132,21 +114,21 @@ class Daemon:
         cls,
         options: DaemonOptions,
         metrics: Metrics,
-        agent: _Agent,
+        backend: Backend,
         pod_resources: PodResourcesClient,
     ) -> Daemon:
         config = options.config
-        assignment = await scan(config, options.sysfs_root)
-        if assignment.conflicts:
-            raise StartupError(list(assignment.conflicts))
-        pools = await PoolSet.build(config, assignment)
+        found = await scan(config, options.sysfs_root)
+        if found.assignment.conflicts:
+            raise StartupError(list(found.assignment.conflicts))
+        pools = await PoolSet.build(config, found.assignment, found.naming)
         leases = DeviceLeases(config.release.grace_seconds)
         devinfo = DevInfoStore(options.devinfo_dir)
         endpoints = [
             PluginEndpoint(
                 DevicePluginService(
                     pool,
-                    Allocator(pool, agent.client, devinfo, leases),
+                    Allocator(pool, backend.client, devinfo, leases, backend.functions),
                     observer=metrics.observe_allocate,
                 ),
                 options.kubelet_dir,
@@ -163,25 +145,46 @@ class Daemon:
             config,
             pools,
             leases,
-            agent.client,
-            agent.health,
+            backend.client,
+            backend.health,
             pod_resources,
             devinfo,
             lambda: registrar.last_kubelet_restart,
+            backend.functions,
         )
         for pool in pools:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
         options.kubelet_dir.mkdir(parents=True, exist_ok=True)
-        return cls(options, metrics, pools, agent, pod_resources, registrar, reconciler)
+        return cls(options, metrics, pools, backend, pod_resources, registrar, reconciler)
 
     @property
     def pools(self) -> PoolSet:
         return self.rescanner.pools
 
+    @property
+    def agent(self) -> HostAgent:
+        return self.backend.client
+
+    async def _create_vfs(self) -> None:
+        """pfs[]: VFs first, then the pools see them (before anything is served)."""
+        if not self.config.pfs:
+            return
+        found = await scan(self.config, self.rescanner.sysfs_root)
+        plan = plan_vfs(self.config, found.inventory)
+        if not plan.changes and not plan.problems:
+            return
+        try:
+            held: set[str] | None = (await self.reconciler.held.read()).all_ids()
+        except PodResourcesUnavailable:
+            held = None
+        if await self.backend.vfs.apply(plan, found.inventory, held):
+            await self.rescanner.rescan()
+
     async def start(self) -> None:
         if self.ops is not None:
             await self.ops.start()
-        await check_logical_bridges(self.agent, self.config)
+        await wait_until_usable(self.agent, self.config)
+        await self._create_vfs()
         await self.reconciler.recover()
         for endpoint in self.registrar.endpoints:
             await endpoint.start()
@@ -190,6 +193,8 @@ class Daemon:
         self.loops.spawn("registrar", self.registrar.run())
         self.loops.spawn("rescan", self.rescanner.run())
         self.loops.spawn("reconciler", self.reconciler.run())
+        if self.backend.heartbeat is not None:
+            self.loops.spawn("heartbeat", self.backend.heartbeat.run())
         self.status.started = True
 
     async def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Host agent reachability, judged from the outcome of every RPC we make to it."""
+"""Host agent health: reachability from every RPC's outcome, and a heartbeat's verdict."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ TRANSPORT_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 @dataclass
 class AgentHealth:
-    """Fed by reconcile passes, Allocates and repairs alike; devices turn Unhealthy after the
-    agent has been unreachable for `unhealthy_after` seconds with no success in between."""
+    """Fed by reconcile passes, Allocates and repairs alike, and by a heartbeat where the agent
+    has one; devices turn Unhealthy after the agent has been down for `unhealthy_after`
+    seconds. A heartbeat answering healthy=false counts as down until it answers true,
+    whatever other calls do meanwhile."""
 
     unhealthy_after: float
     down_since: float | None = None
+    unhealthy_since: float | None = None
 
     def record(self, reachable: bool, now: float) -> None:
         if reachable:
@@ -25,12 +28,26 @@ class AgentHealth:
         elif self.down_since is None:
             self.down_since = now
 
+    def report(self, healthy: bool, now: float) -> None:
+        """The heartbeat's verdict (the call itself succeeded)."""
+        self.record(True, now)
+        if healthy:
+            self.unhealthy_since = None
+        elif self.unhealthy_since is None:
+            self.unhealthy_since = now
+
     def observe(self, code: str) -> None:
         """From the RPC observer: any answer but a transport failure means reachable."""
         self.record(code not in TRANSPORT_FAILURES, loop_time())
 
+    def _down_since(self) -> float | None:
+        times = [t for t in (self.down_since, self.unhealthy_since) if t is not None]
+        return min(times) if times else None
+
     def up(self, now: float) -> bool:
-        return self.down_since is None or now - self.down_since < READY_TOLERANCE
+        since = self._down_since()
+        return since is None or now - since < READY_TOLERANCE
 
     def devices_unhealthy(self, now: float) -> bool:
-        return self.down_since is not None and now - self.down_since >= self.unhealthy_after
+        since = self._down_since()
+        return since is not None and now - since >= self.unhealthy_after

@@ -18,6 +18,7 @@ from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as pb_grpc
 from xpu_bridge.config import HostAgentConfig
 from xpu_bridge.hostagent.port_ids import port_id_from_name
 from xpu_bridge.hostagent.ports import (
+    AgentCapabilities,
     Attachment,
     OperStatus,
     PortError,
@@ -72,6 +73,8 @@ def port_state(port: pb.BridgePort) -> PortState:
 class BridgePortClient:
     """The HostAgent for opi-evpn-bridge; one channel for the daemon's lifetime."""
 
+    capabilities = AgentCapabilities(lists_ports=True, reports_status=True, heartbeat=False)
+
     def __init__(
         self,
         config: HostAgentConfig,
@@ -93,6 +96,12 @@ class BridgePortClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def start(self) -> None:
+        """opi-evpn-bridge has no handshake; the logical-bridge check follows."""
+
+    async def ping(self) -> bool:
+        raise PortError("opi-evpn-bridge has no heartbeat; its RPCs tell its health")
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:
         """Create (idempotent) or reuse the port, replace a mismatching one, wait until UP."""

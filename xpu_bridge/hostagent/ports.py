@@ -64,6 +64,18 @@ class PortError(CallFailed):
     """A port could not be ensured or removed; the message says why in operator terms."""
 
 
+@dataclass(frozen=True, slots=True)
+class AgentCapabilities:
+    """What a backend can tell us; release, recovery and health adapt to what it cannot."""
+
+    lists_ports: bool
+    """ListBridgePorts shows every port. If not, release works from the kubelet and sysfs."""
+    reports_status: bool
+    """GetBridgePort answers the port's real state (oper status, components)."""
+    heartbeat: bool
+    """A heartbeat says whether the agent is healthy; else the outcome of RPCs does."""
+
+
 class PortAttacher(Protocol):
     """What the allocator needs from a host agent."""
 
@@ -79,6 +91,17 @@ class HostAgent(PortAttacher, Protocol):
     def endpoint(self) -> str: ...
 
     @property
+    def capabilities(self) -> AgentCapabilities: ...
+
+    async def start(self) -> None:
+        """The agent's own start-up handshake, if it has one (a vendor plugin's Init)."""
+        ...
+
+    async def ping(self) -> bool:
+        """The heartbeat's verdict (capabilities.heartbeat); raises PortError if unreachable."""
+        ...
+
+    @property
     def attach_timeout(self) -> float:
         """The budget of one device's attach (hostAgent.attachTimeoutSeconds)."""
         ...
@@ -88,9 +111,18 @@ class HostAgent(PortAttacher, Protocol):
         ...
 
     async def list_ports(self, seconds: float | None = None) -> list[PortState]:
-        """Every port on the agent within `seconds` (default: the attach budget)."""
+        """Every port on the agent within `seconds` (default: the attach budget); an agent
+        that cannot list answers the ports this daemon knows it made."""
         ...
 
     async def missing_logical_bridges(self, names: list[str]) -> list[str]: ...
 
     async def close(self) -> None: ...
+
+
+class NetworkFunctionAgent(Protocol):
+    """DPU side: chain a network-function pod's two interfaces, named by their MACs."""
+
+    async def create_network_function(self, input_mac: str, output_mac: str) -> None: ...
+
+    async def delete_network_function(self, input_mac: str, output_mac: str) -> None: ...

@@ -57,9 +57,16 @@ class AgentCaller:
     """Makes the RPCs of one host agent: every attempt within `rpcTimeoutSeconds` and the
     operation's budget, transient failures retried with jittered backoff, each one observed."""
 
-    def __init__(self, config: HostAgentConfig, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: HostAgentConfig,
+        observer: RequestObserver | None = None,
+        refused_hint: str = "check resourceList[].bridgePort against its bridges",
+    ) -> None:
+        """`refused_hint` tells the operator what to check when the agent refuses a call."""
         self.config = config
         self._observer = observer
+        self._refused_hint = refused_hint
 
     @property
     def endpoint(self) -> str:
@@ -120,9 +127,9 @@ class AgentCaller:
         """The message names the call, the agent's answer, and what the operator can check."""
         unreachable = error.code() in TRANSIENT
         if unreachable:
-            hint = f"is the OPI host agent running and reachable at {self.endpoint}?"
+            hint = f"is the host agent running and reachable at {self.endpoint}?"
         elif error.code() in REFUSED:
-            hint = "the agent refused it: check resourceList[].bridgePort against its bridges"
+            hint = f"the agent refused it: {self._refused_hint}"
         else:
             hint = "see the host agent's log"
         where = f" at {self.endpoint}" if unreachable else ""

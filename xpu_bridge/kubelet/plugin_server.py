@@ -14,7 +14,9 @@ from xpu_bridge.node.allocator import (
     AllocationError,
     Allocator,
     ContainerAllocation,
+    InvalidRequest,
     UnknownDevice,
+    UnusableDevice,
 )
 from xpu_bridge.node.pool import DevicePool, DeviceView
 
@@ -122,9 +124,13 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         try:
             allocations = await self.allocator.allocate(containers)
             result = "success"
-        except UnknownDevice as error:
-            result = "unknown_device"
+        except (InvalidRequest, UnusableDevice) as error:
+            result = _refusal(error)
             log.warning("Allocate %s %s rejected: %s", self.pool.resource_name, containers, error)
+            if isinstance(error, UnusableDevice):
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"{self.pool.resource_name}: {error}"
+                )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except AllocationError as error:
             result = "unreachable" if error.unreachable else "failed"
@@ -157,3 +163,10 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         context: Context[dp.PreStartContainerRequest, dp.PreStartContainerResponse],
     ) -> dp.PreStartContainerResponse:
         return dp.PreStartContainerResponse()
+
+
+def _refusal(error: Exception) -> str:
+    """The `result` label of a refused Allocate."""
+    if isinstance(error, UnknownDevice):
+        return "unknown_device"
+    return "unusable_device" if isinstance(error, UnusableDevice) else "invalid_request"

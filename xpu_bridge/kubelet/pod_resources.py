@@ -46,6 +46,13 @@ class HeldDevices:
     def all_ids(self) -> set[str]:
         return {device_id for held in self.by_resource.values() for device_id in held}
 
+    def by_holder(self, resource: str) -> dict[Holder, list[str]]:
+        """Each container's devices of `resource`, in the order PodResources lists them."""
+        grouped: dict[Holder, list[str]] = {}
+        for device_id, holder in self.by_resource.get(resource, {}).items():
+            grouped.setdefault(holder, []).append(device_id)
+        return grouped
+
 
 class HeldDeviceSource(Protocol):
     """What release needs from the kubelet: who holds which of our devices right now."""

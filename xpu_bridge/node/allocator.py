@@ -12,6 +12,11 @@ from xpu_bridge.common.pci import mac_text
 from xpu_bridge.hostagent.ports import Attachment, PortAttacher, PortError
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.network_functions import (
+    DEVICES_PER_FUNCTION,
+    FunctionPair,
+    NetworkFunctions,
+)
 from xpu_bridge.node.pool import DevicePool, PoolDevice
 
 log = logging.getLogger(__name__)
@@ -36,8 +41,16 @@ class ContainerAllocation:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-class UnknownDevice(Exception):
-    """The kubelet asked for IDs this pool does not have; nothing was touched."""
+class InvalidRequest(Exception):
+    """The kubelet's request cannot be served as asked; nothing was touched."""
+
+
+class UnknownDevice(InvalidRequest):
+    """The kubelet asked for IDs this pool does not have."""
+
+
+class UnusableDevice(Exception):
+    """A requested device cannot be attached by this backend (no usable MAC)."""
 
 
 class AllocationError(CallFailed):
@@ -53,11 +66,14 @@ class Allocator:
         attacher: PortAttacher,
         devinfo: DevInfoStore,
         leases: DeviceLeases,
+        functions: NetworkFunctions | None = None,
     ) -> None:
+        """`functions` chains a network-function pool's device pairs (the DPU side)."""
         self.pool = pool
         self._attacher = attacher
         self._devinfo = devinfo
         self._leases = leases
+        self._functions = functions if pool.resource.network_function else None
 
     def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
         resolved: list[list[PoolDevice]] = []
@@ -71,6 +87,17 @@ class Allocator:
                 f"unknown device(s) {', '.join(sorted(unknown))} for {self.pool.resource_name}: "
                 "not in this pool (was it removed from the node or the config?)"
             )
+        if self.pool.resource.network_function:
+            for devices in resolved:
+                if len(devices) != DEVICES_PER_FUNCTION:
+                    raise InvalidRequest(
+                        f"{self.pool.resource_name} is a network-function pool: each container "
+                        f"takes exactly {DEVICES_PER_FUNCTION} devices (input, output), "
+                        f"not {len(devices)}: request {self.pool.resource_name}: 2"
+                    )
+        unusable = [r for ids in resolved for e in ids if (r := self.pool.unusable_reason(e.id))]
+        if unusable:
+            raise UnusableDevice("; ".join(dict.fromkeys(unusable)))
         return resolved
 
     async def allocate(self, containers: list[list[str]]) -> list[ContainerAllocation]:
@@ -82,10 +109,26 @@ class Allocator:
             try:
                 for entry in wanted:
                     self._devinfo.write(self.pool.resource_name, entry.device)
-            except DevInfoError as error:
+                await self._chain(resolved)
+            except (DevInfoError, PortError) as error:
                 await self._roll_back(wanted, attachments)
-                raise AllocationError(str(error)) from None
+                raise AllocationError(
+                    str(error), unreachable=isinstance(error, PortError) and error.unreachable
+                ) from None
         return [self._answer(ids, attachments) for ids in resolved]
+
+    async def _chain(self, resolved: list[list[PoolDevice]]) -> None:
+        """Each container's two ports, UP by now, become one network function."""
+        if self._functions is None:
+            return
+        for first, second in resolved:
+            pair = FunctionPair.of(first, second)
+            try:
+                await self._functions.chain(pair)
+            except PortError as error:
+                raise PortError(
+                    f"network function {pair}: {error}", unreachable=error.unreachable
+                ) from None
 
     async def _attach_all(self, wanted: list[PoolDevice]) -> dict[str, Attachment]:
         results = await self._ensure_ports(wanted)

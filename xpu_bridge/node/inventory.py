@@ -39,11 +39,29 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class PhysicalFunction:
+    """A PF with SR-IOV (`sriov_totalvfs`) or SFs; `num_vfs` is its `sriov_numvfs` now."""
+
+    address: str
+    name: str | None
+    vendor: str
+    device_code: str
+    numa_node: int | None
+    total_vfs: int | None
+    num_vfs: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Inventory:
-    """One scan's result; `problems` lists entries skipped or read only in part."""
+    """One scan's result; `problems` lists entries skipped or read only in part. `pfs` are
+    sorted by PCI address: a PF's position among them is its index in port names."""
 
     devices: tuple[Device, ...] = ()
     problems: tuple[str, ...] = ()
+    pfs: tuple[PhysicalFunction, ...] = ()
+
+    def pf_positions(self) -> dict[str, int]:
+        return {pf.address: position for position, pf in enumerate(self.pfs)}
 
 
 def aux_type(name: str) -> str | None:
@@ -63,16 +81,8 @@ def discover(sysfs_root: Path) -> Inventory:
             continue
         found[device.id] = device
     devices = tuple(sorted(found.values(), key=lambda device: device.id))
-    return Inventory(devices, tuple(scan.sysfs.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class _Pf:
-    address: str
-    name: str | None
-    vendor: str
-    device_code: str
-    numa_node: int | None
+    pfs = tuple(sorted(scan.pfs(), key=lambda pf: pf.address))
+    return Inventory(devices, tuple(scan.sysfs.problems), pfs)
 
 
 class _Scan:
@@ -81,7 +91,10 @@ class _Scan:
     def __init__(self, root: Path) -> None:
         self.sysfs = SysfsRoot(root)
         self.problem = self.sysfs.problem
-        self._pfs: dict[str, _Pf] = {}
+        self._pfs: dict[str, PhysicalFunction] = {}
+
+    def pfs(self) -> list[PhysicalFunction]:
+        return list(self._pfs.values())
 
     def vfs(self) -> Iterator[Device]:
         bus = self.sysfs.bus("bus/pci/devices", required=True)
@@ -127,7 +140,7 @@ class _Scan:
                 if device is not None:
                     yield device
 
-    def _vf(self, pf: _Pf, pf_dir: SysfsDir, index: int, link: str) -> Device | None:
+    def _vf(self, pf: PhysicalFunction, pf_dir: SysfsDir, index: int, link: str) -> Device | None:
         with self.sysfs.follow(pf_dir, link) as vf:
             address = os.path.basename(vf.path)
             if not PCI_ADDRESS.fullmatch(address):
@@ -138,7 +151,7 @@ class _Scan:
                 self.problem(vf.path, why(error))
                 return None
 
-    def _vf_device(self, pf: _Pf, vf: SysfsDir, index: int) -> Device:
+    def _vf_device(self, pf: PhysicalFunction, vf: SysfsDir, index: int) -> Device:
         address = os.path.basename(vf.path)
         netdev, mac = vf.netdev()
         return Device(
@@ -191,21 +204,23 @@ class _Scan:
                 aux_type=kind,
             )
 
-    def _pf_info(self, function: SysfsDir) -> _Pf:
+    def _pf_info(self, function: SysfsDir) -> PhysicalFunction:
         cached = self._pfs.get(function.path)
         if cached is None:
             name, _ = function.netdev()
-            cached = _Pf(
+            cached = PhysicalFunction(
                 address=os.path.basename(function.path),
                 name=name,
                 vendor=function.hex_id("vendor"),
                 device_code=function.hex_id("device"),
                 numa_node=function.numa_node(),
+                total_vfs=function.count("sriov_totalvfs"),
+                num_vfs=function.count("sriov_numvfs"),
             )
             self._pfs[function.path] = cached
         return cached
 
-    def _pf_at(self, path: str) -> _Pf:
+    def _pf_at(self, path: str) -> PhysicalFunction:
         cached = self._pfs.get(path)
         if cached is not None:
             return cached

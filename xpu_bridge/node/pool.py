@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from xpu_bridge.common.pci import mac_text
 from xpu_bridge.config import ResourceConfig
-from xpu_bridge.hostagent.port_ids import PortKey, mac_bytes, port_id_for
+from xpu_bridge.hostagent.port_names import FunctionRef, OpiPortIds, PortNaming
 from xpu_bridge.hostagent.ports import PortSpec
 from xpu_bridge.node.inventory import Device
 
@@ -39,19 +39,20 @@ class DeviceView:
     numa_node: int | None
 
 
-def port_key(device: Device) -> PortKey:
-    if device.kind == "sf":
-        return PortKey("sf", device.pf_address, device.index)
-    return PortKey("vf", device.pci_address)
+def function_ref(device: Device) -> FunctionRef:
+    return FunctionRef(device.kind, device.pci_address, device.pf_address, device.index)
 
 
-def port_spec(device: Device, resource: ResourceConfig, prefix: str) -> PortSpec:
-    port_id = port_id_for(port_key(device), prefix)
+def port_spec(device: Device, resource: ResourceConfig, naming: PortNaming | str = "") -> PortSpec:
+    """The port a device needs; `naming` is the backend's (a string: an opi ID prefix)."""
+    if isinstance(naming, str):
+        naming = OpiPortIds(naming)
+    port_id = naming.port_id(function_ref(device))
     return PortSpec(
         port_id=port_id,
-        mac=mac_bytes(device.mac, port_id),
+        mac=naming.mac(port_id, device.mac),
         ptype=resource.bridge_port.type,
-        logical_bridges=tuple(resource.bridge_port.logical_bridges),
+        logical_bridges=resource.bridge_port.on_the_wire,
     )
 
 
@@ -63,14 +64,18 @@ def env_name(resource_name: str) -> str:
 class DevicePool:
     """The devices of one extended resource; watchers see every change as a new full list."""
 
-    def __init__(self, resource_name: str, resource: ResourceConfig, port_id_prefix: str) -> None:
+    def __init__(
+        self, resource_name: str, resource: ResourceConfig, naming: PortNaming | str = ""
+    ) -> None:
+        """`naming` is the backend's port naming (a string: an opi-evpn-bridge ID prefix)."""
         self.resource_name = resource_name
         self.resource = resource
         self.env_name = env_name(resource_name)
-        self._prefix = port_id_prefix
+        self.naming = OpiPortIds(naming) if isinstance(naming, str) else naming
         self._devices: dict[str, PoolDevice] = {}
         self._known_ports: dict[str, str] = {}
         self._unhealthy: dict[str, str] = {}
+        self._unusable: dict[str, str] = {}
         self._version = 0
         self._changed = asyncio.Condition()
 
@@ -95,18 +100,32 @@ class DevicePool:
     async def wake_watchers(self) -> None:
         await self._bump()
 
-    async def replace_devices(self, devices: Iterable[Device]) -> bool:
-        """Install a rescan's result; returns whether the device set changed."""
+    async def replace_devices(
+        self, devices: Iterable[Device], naming: PortNaming | None = None
+    ) -> bool:
+        """Install a rescan's result (named by `naming`, else as before); returns whether the
+        device set changed. A device whose MAC the backend cannot use is listed Unhealthy."""
+        if naming is not None:
+            self.naming = naming
         fresh = {
-            device.id: PoolDevice(device, port_spec(device, self.resource, self._prefix))
+            device.id: PoolDevice(device, port_spec(device, self.resource, self.naming))
             for device in map(self._keep_mac, devices)
         }
         self._known_ports.update((i, entry.spec.port_id) for i, entry in fresh.items())
         if fresh == self._devices:
             return False
         self._devices = dict(sorted(fresh.items()))
+        self._unusable = {
+            device_id: f"device {device_id} {problem}"
+            for device_id, entry in self._devices.items()
+            if (problem := self.naming.mac_problem(entry.spec.mac))
+        }
         await self._bump()
         return True
+
+    def unusable_reason(self, device_id: str) -> str | None:
+        """Why the backend cannot attach this device at all (no usable MAC), or None."""
+        return self._unusable.get(device_id)
 
     async def adopt_mac(self, device_id: str, mac: bytes) -> None:
         """At start-up, a held port's MAC wins over one derived because sysfs showed none."""
@@ -115,6 +134,8 @@ class DevicePool:
             return
         device = replace(entry.device, mac=mac_text(mac))
         self._devices[device_id] = PoolDevice(device, replace(entry.spec, mac=mac))
+        if self.naming.mac_problem(mac) is None:
+            self._unusable.pop(device_id, None)
         await self._bump()
 
     def _keep_mac(self, device: Device) -> Device:
@@ -134,13 +155,13 @@ class DevicePool:
         return True
 
     def unhealthy_reason(self, device_id: str) -> str | None:
-        return self._unhealthy.get(device_id)
+        return self._unhealthy.get(device_id) or self._unusable.get(device_id)
 
     def snapshot(self) -> list[DeviceView]:
         return [
             DeviceView(
                 id=entry.id,
-                health=UNHEALTHY if entry.id in self._unhealthy else HEALTHY,
+                health=UNHEALTHY if self.unhealthy_reason(entry.id) else HEALTHY,
                 numa_node=entry.device.numa_node,
             )
             for entry in self._devices.values()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config
+from xpu_bridge.hostagent.port_names import OpiPortIds, PortNaming
 from xpu_bridge.node.pool import DevicePool, PoolDevice
 from xpu_bridge.node.selection import Assignment
 
@@ -29,18 +30,20 @@ class PoolMember:
 class PoolSet:
     """Every pool of the node, in config order; pools never share a device."""
 
-    def __init__(self, pools: list[DevicePool]) -> None:
+    def __init__(self, pools: list[DevicePool], naming: PortNaming | None = None) -> None:
+        """`naming` is the backend's, as of the last scan (PF positions can change)."""
         self._pools = {pool.resource_name: pool for pool in pools}
+        self.naming: PortNaming = naming or (pools[0].naming if pools else OpiPortIds())
 
     @classmethod
-    async def build(cls, config: Config, assignment: Assignment) -> PoolSet:
+    async def build(cls, config: Config, assignment: Assignment, naming: PortNaming) -> PoolSet:
         pools = []
         for resource in config.resource_list:
             name = config.full_resource_name(resource)
-            pool = DevicePool(name, resource, config.port_id_prefix)
+            pool = DevicePool(name, resource, naming)
             await pool.replace_devices(assignment.pools.get(name, ()))
             pools.append(pool)
-        return cls(pools)
+        return cls(pools, naming)
 
     def __iter__(self) -> Iterator[DevicePool]:
         return iter(self._pools.values())

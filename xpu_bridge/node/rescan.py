@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from xpu_bridge.common.loops import every, keep_running
 from xpu_bridge.config import Config
-from xpu_bridge.node.inventory import discover
+from xpu_bridge.hostagent.port_names import PortNaming, port_naming
+from xpu_bridge.node.inventory import Inventory, discover
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.node.selection import Assignment, assign
 
 log = logging.getLogger(__name__)
 
 
-async def scan(config: Config, sysfs_root: Path) -> Assignment:
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What one scan found, which pool each device joins, and how the backend names ports."""
+
+    inventory: Inventory
+    assignment: Assignment
+    naming: PortNaming
+
+
+async def scan(config: Config, sysfs_root: Path) -> Scan:
     """Discovery off the event loop (thousands of devices), then selection into pools."""
     inventory = await asyncio.to_thread(discover, sysfs_root)
     for problem in inventory.problems:
         log.warning("sysfs: %s", problem)
-    return assign(config, inventory.devices)
+    naming = port_naming(config, inventory.pf_positions())
+    return Scan(inventory, assign(config, inventory.devices), naming)
 
 
 class Rescanner:
@@ -42,14 +54,17 @@ class Rescanner:
         )
 
     async def rescan(self) -> None:
-        assignment = await scan(self.config, self.sysfs_root)
+        found = await scan(self.config, self.sysfs_root)
+        assignment = found.assignment
+        self.pools.naming = found.naming
         if assignment.conflicts != self._last_conflicts:
             for conflict in assignment.conflicts:
                 log.error("config: %s; it stays in the first pool", conflict)
             self._last_conflicts = assignment.conflicts
         for pool in self.pools:
             before = {entry.id for entry in pool.devices()}
-            if await pool.replace_devices(assignment.pools.get(pool.resource_name, ())):
+            devices = assignment.pools.get(pool.resource_name, ())
+            if await pool.replace_devices(devices, found.naming):
                 after = {entry.id for entry in pool.devices()}
                 log.info(
                     "pool %s: +%s -%s",

@@ -130,6 +130,11 @@ class SysfsDir:
             raise SysfsError(f"{name} is missing or not a 4-digit hex ID")
         return value
 
+    def count(self, name: str) -> int | None:
+        """A small non-negative number (sriov_numvfs), None if absent or not a number."""
+        text = self.text(name)
+        return int(text) if text is not None and text.isdigit() else None
+
     def link(self, name: str) -> str | None:
         """The last component of a link's target (driver, iommu_group), None if no link."""
         return self._soft(name, lambda: self._link_base(name), None)

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import cast
 
 from xpu_bridge.config import Config
+from xpu_bridge.hostagent.port_names import PortNaming, port_naming
 from xpu_bridge.node.inventory import Device, discover
+from xpu_bridge.node.pool import function_ref
 from xpu_bridge.node.selection import PoolMatcher
+from xpu_bridge.node.vf_creation import VfPlan, plan_vfs
 from xpu_bridge.ops.state import DebugState
 
 FETCH_TIMEOUT = 5.0
@@ -36,15 +39,20 @@ def _pool_of(matcher: PoolMatcher | None, device: Device) -> tuple[str | None, s
 def inventory_report(sysfs_root: Path, config: Config | None, as_json: bool) -> str:
     found = discover(sysfs_root)
     matcher = PoolMatcher(config) if config is not None else None
+    naming = port_naming(config, found.pf_positions()) if config is not None else None
     entries = [(device, *_pool_of(matcher, device)) for device in found.devices]
+    ports = {device.id: _port(naming, device) for device in found.devices}
+    plan = plan_vfs(config, found) if config is not None else None
+    notes = _notes(plan, naming, found.devices)
     if as_json:
         return json.dumps(
             {
                 "devices": [
-                    {**asdict(device), "pool": pool, "explanation": why}
+                    {**asdict(device), "pool": pool, "explanation": why, "port": ports[device.id]}
                     for device, pool, why in entries
                 ],
                 "problems": list(found.problems),
+                "notes": notes,
             },
             indent=2,
         )
@@ -58,14 +66,44 @@ def inventory_report(sysfs_root: Path, config: Config | None, as_json: bool) -> 
             device.mac or "-",
             device.driver or "-",
             "-" if device.numa_node is None else str(device.numa_node),
+            ports[device.id] or "-",
             pool or ("-" if matcher is None else "none: " + why.split(" joins no pool: ", 1)[-1]),
         )
         for device, pool, why in entries
     ]
-    header = ("DEVICE", "KIND", "PCI", "PF", "NETDEV", "MAC", "DRIVER", "NUMA", "POOL")
+    header = ("DEVICE", "KIND", "PCI", "PF", "NETDEV", "MAC", "DRIVER", "NUMA", "PORT", "POOL")
     lines = [table(header, rows), f"{len(rows)} function(s) under {sysfs_root}"]
     lines += [f"problem: {problem}" for problem in found.problems]
+    lines += notes
     return "\n".join(lines)
+
+
+def _port(naming: PortNaming | None, device: Device) -> str | None:
+    """The port ID (opi-evpn-bridge) or name (a vendor plugin) the device's port would get."""
+    if naming is None:
+        return None
+    try:
+        return naming.port_id(function_ref(device))
+    except ValueError:
+        return None
+
+
+def _notes(plan: VfPlan | None, naming: PortNaming | None, devices: Sequence[Device]) -> list[str]:
+    """What `run` would do or refuse: VF creation (pfs[]) and MACs the backend cannot use."""
+    notes = []
+    if plan is not None:
+        notes += [
+            f"vf creation: {change}: would change to {change.wanted}" for change in plan.changes
+        ]
+        notes += [f"vf creation: {problem}" for problem in plan.problems]
+        notes += [f"vf creation: {line}" for line in plan.unchanged]
+    if naming is not None:
+        for device in devices:
+            port = _port(naming, device)
+            problem = naming.mac_problem(naming.mac(port or "", device.mac))
+            if problem is not None:
+                notes.append(f"unusable: device {device.id} {problem}")
+    return notes
 
 
 async def fetch_state(host: str, port: int) -> DebugState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 
 from xpu_bridge.hostagent.ports import OperStatus, PortState
 from xpu_bridge.release.guards import HoldBack, ReleaseGuards
@@ -54,11 +55,24 @@ class ReleaseGate:
     def forget(self) -> None:
         self._previous = set()
 
-    def admit(self, candidates: set[str], owned: int, now: float) -> set[str]:
-        """The candidates that may be released now (none while a guard is up)."""
+    def admit(
+        self,
+        candidates: set[str],
+        owned: int,
+        now: float,
+        unmassed: AbstractSet[str] = frozenset(),
+    ) -> set[str]:
+        """The candidates that may be released now (none while a guard is up); `unmassed`
+        ones (the start-up sweep) do not count towards a mass release."""
         confirmed = candidates & self._previous
         self._previous = set(candidates)
-        held_back = self.guards.check(len(confirmed), owned, now, self._kubelet_restarted_at())
+        held_back = self.guards.check(
+            len(confirmed),
+            owned,
+            now,
+            self._kubelet_restarted_at(),
+            massed=len(confirmed - unmassed),
+        )
         if held_back is not None:
             self.hold_back(held_back)
             return set()

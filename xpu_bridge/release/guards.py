@@ -51,15 +51,22 @@ class ReleaseGuards:
         return None
 
     def check(
-        self, confirmed: int, owned: int, now: float, kubelet_restarted_at: float | None
+        self,
+        confirmed: int,
+        owned: int,
+        now: float,
+        kubelet_restarted_at: float | None,
+        massed: int | None = None,
     ) -> HoldBack | None:
-        """Whether `confirmed` releases out of `owned` ports may go now.
+        """Whether `confirmed` releases out of `owned` ports may go now; `massed` of them
+        (default: all) count towards the mass-release guard.
 
         A mass release (more than one port and more than half of those owned) must persist
         for a whole hold-off; its clock starts only after the other hold-offs, so a
         PodResources that stays empty past a kubelet restart's hold-off still waits its own.
         """
-        mass = confirmed > 1 and 2 * confirmed > owned
+        counted = confirmed if massed is None else massed
+        mass = counted > 1 and 2 * counted > owned
         if not mass:
             self._mass_since = None
         if not confirmed:
@@ -73,7 +80,7 @@ class ReleaseGuards:
             if now - self._mass_since < self.holdoff:
                 return HoldBack(
                     MASS_RELEASE,
-                    f"a pass would release {confirmed} of {owned} owned ports; waiting until "
+                    f"a pass would release {counted} of {owned} owned ports; waiting until "
                     f"that has held for {self.holdoff:g}s (release.holdoffSeconds)",
                 )
         return None

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config
-from xpu_bridge.hostagent.port_ids import PortKey, port_id_for
 from xpu_bridge.hostagent.ports import PortState
 from xpu_bridge.kubelet.pod_resources import HeldDevices, HeldDeviceSource
 from xpu_bridge.node.pool_set import PoolSet
@@ -31,7 +29,6 @@ class HeldPortMap:
     def __init__(self, config: Config, pools: PoolSet, source: HeldDeviceSource) -> None:
         self._pools = pools
         self._source = source
-        self._port_id_prefix = config.port_id_prefix
         self._prefixes = {config.resource_prefix} | {
             r.resource_prefix for r in config.resource_list if r.resource_prefix
         }
@@ -62,8 +59,7 @@ class HeldPortMap:
         for device_id in held.all_ids():
             port_id = self._pools.known_port_id(device_id)
             if port_id is None:
-                with contextlib.suppress(ValueError):
-                    port_id = port_id_for(PortKey("vf", device_id), self._port_id_prefix)
+                port_id = self._pools.naming.held_vf_port_id(device_id)
             if port_id is None:
                 unmapped.add(device_id)
             else:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from xpu_bridge.hostagent.health import AgentHealth
-from xpu_bridge.hostagent.port_ids import parse_port_id
+from xpu_bridge.hostagent.port_names import PortNaming
 from xpu_bridge.hostagent.ports import HostAgent, OperStatus, PortError, PortState
 
 log = logging.getLogger(__name__)
@@ -19,27 +19,36 @@ class OwnedPorts:
         self,
         agent: HostAgent,
         health: AgentHealth,
-        port_id_prefix: str,
+        naming: Callable[[], PortNaming],
         interval: float,
         clock: Callable[[], float],
     ) -> None:
+        """`naming` answers the backend's current port naming (it tells ours from others')."""
         self.agent = agent
         self.clock = clock
         self.health = health
         self.ports: dict[str, PortState] = {}
-        self._prefix = port_id_prefix
+        self._naming = naming
         self._budget = max(min(interval, agent.attach_timeout), 1.0)
         self._down_since: dict[str, float] = {}
 
     def ours(self, port_id: str) -> bool:
-        return parse_port_id(port_id, self._prefix) is not None
+        return self._naming().ours(port_id)
 
     def is_sf(self, port_id: str) -> bool:
-        key = parse_port_id(port_id, self._prefix)
-        return key is not None and key.kind == "sf"
+        return self._naming().is_sf(port_id)
 
     async def refresh(self) -> dict[str, PortState] | None:
-        """List the agent's ports; None (and the last view kept) when it cannot be reached."""
+        """List the agent's ports; None (and the last view kept) when it cannot be reached.
+
+        An agent that cannot list answers the ports we made, which says nothing about its
+        health: the heartbeat does, and a pass is skipped while it says down."""
+        if not self.agent.capabilities.lists_ports:
+            if not self.health.up(self.clock()):
+                return None
+            ports = await self.agent.list_ports(seconds=self._budget)
+            self.ports = {p.port_id: p for p in ports}
+            return self.ports
         try:
             ports = await self.agent.list_ports(seconds=self._budget)
         except PortError as error:

@@ -17,6 +17,7 @@ from xpu_bridge.hostagent.ports import HostAgent, PortState
 from xpu_bridge.kubelet.pod_resources import HeldDevices, HeldDeviceSource, PodResourcesUnavailable
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.network_functions import NetworkFunctions
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate, release_candidates
@@ -24,11 +25,12 @@ from xpu_bridge.release.guards import POD_RESOURCES_UNREADABLE, HoldBack, Releas
 from xpu_bridge.release.held import HeldPortMap, HeldPorts, adopt_held_macs
 from xpu_bridge.release.hook import ReleaseHook
 from xpu_bridge.release.owned import OwnedPorts
-from xpu_bridge.release.recovery import recover
+from xpu_bridge.release.recovery import RecoveryParts, recover
 from xpu_bridge.release.releaser import PortReleaser
 from xpu_bridge.release.repair import PortRepair
 from xpu_bridge.release.stats import ReleaseStats
 from xpu_bridge.release.stuck import StuckDeletes
+from xpu_bridge.release.sweep import StartupSweep
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ class Reconciler:
     """Deletes owned ports no container holds, and re-creates held ports the xPU lost.
 
     A port is released only after it was a candidate in two passes in a row, was not attached
-    within the grace period, and no guard holds releases back (see guards.py).
+    within the grace period, and no guard holds releases back (see guards.py). On an agent
+    that cannot list, what we own is what we made, and a start-up sweep covers the rest.
     """
 
     def __init__(
@@ -50,20 +53,44 @@ class Reconciler:
         held_source: HeldDeviceSource,
         devinfo: DevInfoStore,
         kubelet_restarted_at: Callable[[], float | None],
+        functions: NetworkFunctions | None = None,
     ) -> None:
         """Guards, health and repair judge time by the leases' clock, as Allocates do."""
         clock = leases.now
         self.interval = config.release.interval_seconds
-        self.pools = pools
         self.leases = leases
         self.stats = ReleaseStats()
-        self.owned = OwnedPorts(agent, health, config.port_id_prefix, self.interval, clock)
-        self.held = HeldPortMap(config, pools, held_source)
+        owned = OwnedPorts(agent, health, lambda: pools.naming, self.interval, clock)
         guards = ReleaseGuards(config.release.holdoff_seconds)
-        self.gate = ReleaseGate(guards, self.stats, kubelet_restarted_at)
-        self.releaser = PortReleaser(agent, self.owned, leases, devinfo, self.stats)
+        functions = functions or NetworkFunctions(None)
+        self.parts = RecoveryParts(
+            pools=pools,
+            owned=owned,
+            held=HeldPortMap(config, pools, held_source),
+            gate=ReleaseGate(guards, self.stats, kubelet_restarted_at),
+            sweep=StartupSweep(),
+            functions=functions,
+        )
+        self.releaser = PortReleaser(agent, owned, leases, devinfo, self.stats, functions)
         self._stuck = StuckDeletes(agent, leases)
-        self._repair = PortRepair(agent, self.owned, leases, self.stats, clock)
+        self._repair = PortRepair(agent, owned, leases, self.stats, clock)
+        self._agent_was_down = False
+
+    @property
+    def pools(self) -> PoolSet:
+        return self.parts.pools
+
+    @property
+    def owned(self) -> OwnedPorts:
+        return self.parts.owned
+
+    @property
+    def held(self) -> HeldPortMap:
+        return self.parts.held
+
+    @property
+    def gate(self) -> ReleaseGate:
+        return self.parts.gate
 
     def release_hook(self) -> ReleaseHook:
         """The hook's decisions share this pass's view, gate and releaser."""
@@ -71,7 +98,7 @@ class Reconciler:
 
     async def recover(self) -> None:
         """Start-up, before the kubelet hears of us."""
-        await recover(self.pools, self.owned, self.held, self.gate, self.leases.now())
+        await recover(self.parts, self.leases.now())
 
     async def run(self) -> None:
         """Runs until cancelled."""
@@ -98,6 +125,7 @@ class Reconciler:
         agent_down = self.owned.health.devices_unhealthy(now)
         await mark_device_health(self.pools, self.owned.ports, agent_down)
         if owned is None:
+            self._agent_was_down = True
             return
         self.owned.track_down(now)
         if held is None:
@@ -105,24 +133,39 @@ class Reconciler:
             self.gate.forget()
             return
         await adopt_held_macs(self.pools, held, owned)
-        self._repair.start(held, owned, self.pools)
+        self._repair.start(held, owned, self.pools, self._after_outage())
         await self._stuck.resend(owned, self.pools.by_port_id(), snapshot_at)
         await self._release(owned, self.held.port_ids(held), snapshot_at)
+
+    def _after_outage(self) -> str | None:
+        """An agent that cannot list may have lost its ports while it was away: every held
+        device gets an idempotent Create once it is back."""
+        was_down, self._agent_was_down = self._agent_was_down, False
+        if was_down and not self.owned.agent.capabilities.lists_ports:
+            return "the agent was unreachable or unhealthy, and cannot say what it kept"
+        return None
 
     async def _release(
         self, owned: dict[str, PortState], held: HeldPorts, snapshot_at: float
     ) -> None:
         by_port = self.pools.by_port_id()
+        sweep = self.parts.sweep
+        for port_id in set(sweep.pending) & set(owned):
+            sweep.done(port_id)  # allocated since start: an owned port like any other
+        ports = {**sweep.pending, **owned}
 
         def busy(port_id: str) -> bool:
             owner = by_port.get(port_id)
             return owner is not None and self.leases.busy(owner.id, snapshot_at)
 
-        candidates = release_candidates(owned, held, busy, self.owned.is_sf)
-        for port_id in sorted(self.gate.admit(candidates, len(owned), self.leases.now())):
-            await self.releaser.release_unless_busy(
-                owned[port_id], by_port.get(port_id), snapshot_at
-            )
+        candidates = release_candidates(ports, held, busy, self.owned.is_sf)
+        swept = candidates & set(sweep.pending)
+        admitted = self.gate.admit(candidates, len(owned), self.leases.now(), unmassed=swept)
+        for port_id in sorted(admitted):
+            reason = "sweep" if port_id in swept else "unheld"
+            owner = by_port.get(port_id)
+            if await self.releaser.release_unless_busy(ports[port_id], owner, snapshot_at, reason):
+                sweep.done(port_id)
 
     async def stop(self) -> None:
         await self._repair.stop()

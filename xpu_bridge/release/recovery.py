@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from xpu_bridge.kubelet.pod_resources import PodResourcesUnavailable
+from xpu_bridge.hostagent.ports import PortError
+from xpu_bridge.kubelet.pod_resources import HeldDevices, PodResourcesUnavailable
+from xpu_bridge.node.network_functions import DEVICES_PER_FUNCTION, FunctionPair, NetworkFunctions
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate
 from xpu_bridge.release.held import HeldPortMap, adopt_held_macs
 from xpu_bridge.release.owned import OwnedPorts
+from xpu_bridge.release.sweep import StartupSweep
 
 log = logging.getLogger(__name__)
 
 
-async def recover(
-    pools: PoolSet, owned_ports: OwnedPorts, held_map: HeldPortMap, gate: ReleaseGate, now: float
-) -> None:
+@dataclass(frozen=True, slots=True)
+class RecoveryParts:
+    pools: PoolSet
+    owned: OwnedPorts
+    held: HeldPortMap
+    gate: ReleaseGate
+    sweep: StartupSweep
+    functions: NetworkFunctions
+
+
+async def recover(parts: RecoveryParts, now: float) -> None:
     """The kubelet and the xPU are the sources of truth: owned ports the kubelet still
-    assigns are adopted (no new Create); the rest count as candidates once already."""
+    assigns are adopted (no new Create); the rest count as candidates once already. An agent
+    that cannot list gets an idempotent Create for each held device instead, and every other
+    device of our pools becomes part of the start-up sweep."""
+    pools, owned_ports, held_map, gate = parts.pools, parts.owned, parts.held, parts.gate
     gate.guards.start(now)
     owned = await owned_ports.refresh()
     if owned is None:
@@ -31,6 +46,18 @@ async def recover(
         return
     held_ports = held_map.port_ids(held).port_ids
     await adopt_held_macs(pools, held, owned)
+    adopt_function_pairs(pools, held, parts.functions)
+    if not owned_ports.agent.capabilities.lists_ports:
+        await _ensure_held(pools, held, owned_ports)
+        owned = await owned_ports.refresh() or {}
+        parts.sweep.seed(pools, held_ports, set(owned))
+        log.info(
+            "start-up recovery: %d held port(s) ensured by name, %d device(s) to sweep "
+            "(the agent cannot list its ports)",
+            len(owned),
+            len(parts.sweep.pending),
+        )
+        return
     candidates = set(owned) - held_ports
     gate.seed(candidates)
     log.info(
@@ -38,3 +65,28 @@ async def recover(
         len(set(owned) & held_ports),
         len(candidates),
     )
+
+
+def adopt_function_pairs(pools: PoolSet, held: HeldDevices, functions: NetworkFunctions) -> None:
+    """A container of a network-function pool holding both its devices is a chained pair."""
+    for pool in pools:
+        if not pool.resource.network_function:
+            continue
+        for holder, ids in held.by_holder(pool.resource_name).items():
+            entries = [entry for device_id in ids if (entry := pool.get(device_id))]
+            if len(entries) == DEVICES_PER_FUNCTION:
+                pair = FunctionPair.of(*entries)
+                functions.adopt(pair)
+                log.info("start-up recovery: network function %s of %s", pair, holder)
+
+
+async def _ensure_held(pools: PoolSet, held: HeldDevices, owned: OwnedPorts) -> None:
+    for pool in pools:
+        for device_id in sorted(held.ids(pool.resource_name)):
+            entry = pool.get(device_id)
+            if entry is None or pool.unusable_reason(device_id):
+                continue
+            try:
+                await owned.agent.ensure_port(entry.spec)
+            except PortError as error:
+                log.error("start-up recovery: held device %s: %s", device_id, error)

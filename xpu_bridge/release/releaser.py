@@ -8,13 +8,18 @@ import time
 from xpu_bridge.hostagent.ports import HostAgent, PortError, PortState
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.network_functions import NetworkFunctions
 from xpu_bridge.node.pool_set import PoolMember
 from xpu_bridge.release.owned import OwnedPorts
 from xpu_bridge.release.stats import ReleaseStats
 
 log = logging.getLogger(__name__)
 
-REASONS = {"unheld": "no container holds it", "hook": "requested by the release hook"}
+REASONS = {
+    "unheld": "no container holds it",
+    "hook": "requested by the release hook",
+    "sweep": "start-up sweep: no container holds it and the agent cannot list its ports",
+}
 
 
 class PortReleaser:
@@ -27,17 +32,22 @@ class PortReleaser:
         leases: DeviceLeases,
         devinfo: DevInfoStore,
         stats: ReleaseStats,
+        functions: NetworkFunctions,
     ) -> None:
         self._agent = agent
         self._owned = owned
         self._leases = leases
         self._devinfo = devinfo
         self._stats = stats
+        self._functions = functions
 
     async def release(self, port: PortState, owner: PoolMember | None, reason: str) -> bool:
-        """Delete `port` (of `owner`, None for a device no longer on this node)."""
+        """Delete `port` (of `owner`, None for a device no longer on this node); a network
+        function the device is part of goes first."""
         started = time.monotonic()
         try:
+            if owner is not None:
+                await self._functions.unchain(owner.id)
             await self._agent.delete_port(port.name)
         except PortError as error:
             log.error("could not release port %s: %s (next pass retries)", port.name, error)
@@ -63,15 +73,14 @@ class PortReleaser:
         return True
 
     async def release_unless_busy(
-        self, port: PortState, owner: PoolMember | None, since: float
-    ) -> None:
+        self, port: PortState, owner: PoolMember | None, since: float, reason: str = "unheld"
+    ) -> bool:
         """As a pass does: under the device's release lock, and not if an Allocate took the
-        device meanwhile (earlier deletes of the pass took time)."""
+        device meanwhile (earlier deletes of the pass took time). True once it is gone."""
         if owner is None:
-            await self.release(port, None, "unheld")
-            return
+            return await self.release(port, None, reason)
         async with self._leases.release_lock(owner.id):
             if self._leases.busy(owner.id, since):
                 log.info("port %s not released: its device was just allocated", port.port_id)
-                return
-            await self.release(port, owner, "unheld")
+                return False
+            return await self.release(port, owner, reason)

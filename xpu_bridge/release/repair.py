@@ -59,8 +59,15 @@ class PortRepair:
         self._repairing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, held: HeldDevices, owned: Mapping[str, PortState], pools: PoolSet) -> None:
-        now = self._clock()
+    def start(
+        self,
+        held: HeldDevices,
+        owned: Mapping[str, PortState],
+        pools: PoolSet,
+        everything: str | None = None,
+    ) -> None:
+        """Repair every held device whose port has a problem; with `everything` (why), every
+        held device, by an idempotent Create (an agent that cannot say what it kept)."""
         for pool in pools:
             for device_id in held.ids(pool.resource_name):
                 entry = pool.get(device_id)
@@ -69,8 +76,7 @@ class PortRepair:
                 if self._leases.is_attaching(device_id):
                     continue
                 port = owned.get(entry.spec.port_id)
-                down_for = self._owned.down_for(entry.spec.port_id, now)
-                problem = port_problem(port, entry.spec, down_for, self._agent.attach_timeout)
+                problem = everything or self._problem(port, entry)
                 if problem is None:
                     continue
                 holder = held.holder(pool.resource_name, device_id)
@@ -78,6 +84,12 @@ class PortRepair:
                 task = asyncio.create_task(self._repair(pool, entry, port, problem, holder))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _problem(self, port: PortState | None, entry: PoolDevice) -> str | None:
+        if port is None and not self._agent.capabilities.lists_ports:
+            return "not known to exist (the agent cannot list its ports)"
+        down_for = self._owned.down_for(entry.spec.port_id, self._clock())
+        return port_problem(port, entry.spec, down_for, self._agent.attach_timeout)
 
     async def _repair(
         self,

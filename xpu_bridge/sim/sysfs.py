@@ -210,6 +210,23 @@ class FakeSysfs:
         shutil.rmtree(path)
         _write(pf.path / "sriov_numvfs", str(len(state.vfs)))
 
+    def set_num_vfs(
+        self, pf: PfHandle, count: int, driver: str | None = "mlx5_core", mac: str | None = AUTO
+    ) -> list[str]:
+        """Write `count` to sriov_numvfs as the kernel takes it: the same count changes
+        nothing; any other count tears down every VF (virtfnN links, function directories,
+        netdevs) and creates VFs 0..count-1 afresh (their addresses are the same as before).
+        Returns the present VFs' addresses."""
+        state = self._pfs[pf.address]
+        if not 0 <= count <= pf.total_vfs:
+            raise ValueError(f"{pf.address}: numvfs {count} is not within 0..{pf.total_vfs}")
+        if count != len(state.vfs):
+            for index in sorted(state.vfs):
+                self.remove_vf(pf, index)
+            state.next_index = 0
+            self.add_vfs(pf, count, driver=driver, mac=mac)
+        return [state.vfs[index] for index in sorted(state.vfs)]
+
     def set_vf_driver(self, pf: PfHandle, index: int, driver: str | None) -> None:
         """Rebind a VF; its netdev goes away unless the new driver is a net driver."""
         path = pf.path.parent / self._pfs[pf.address].vfs[index]

@@ -58,7 +58,7 @@ class Faults:
             return rule.code, rule.message
         return None
 
-    # edits, behind SimHostAgent's methods of the same names ---------------------------------
+    # edits, behind FaultControls' methods of the same names -------------------------------
 
     def set_latency(self, method: str, seconds: float) -> None:
         if seconds > 0:
@@ -88,6 +88,42 @@ class Faults:
         self.errors.clear()
         self.queued.clear()
         self.unavailable_until = None
+
+
+class FaultControls:
+    """The fault-injection methods of a simulator handle, over its `faults` plan."""
+
+    faults: Faults
+
+    def set_latency(self, method: str, seconds: float) -> None:
+        """Add `seconds` before `method` (or "*") is handled; 0 removes it."""
+        self.faults.set_latency(method, seconds)
+
+    def set_error_rate(
+        self,
+        method: str,
+        rate: float,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        message: str | None = None,
+    ) -> None:
+        """Fail `rate` (0..1) of calls to `method` (or "*") with `code`; 0 removes it."""
+        self.faults.set_error_rate(method, rate, code, message)
+
+    def fail_next(
+        self, method: str, count: int = 1, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    ) -> None:
+        """Fail exactly the next `count` calls to `method` (or "*"): deterministic retries."""
+        self.faults.fail_next(method, count, code)
+
+    def set_unavailable(self, seconds: float | None = None) -> None:
+        """Every RPC answers UNAVAILABLE for `seconds`, or until clear_unavailable()."""
+        self.faults.set_unavailable(seconds)
+
+    def clear_unavailable(self) -> None:
+        self.faults.unavailable_until = None
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
 
 
 def _gated_unary(inner: Callable[..., Any], gate: Gate) -> Callable[[Any, Context], Awaitable[Any]]:

@@ -1,23 +1,25 @@
-"""One serving run of the agent: a grpc.aio server with the OPI services, health, reflection."""
+"""One serving run of a simulator: a grpc.aio server with its services, health, reflection."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
-from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2_grpc as pb_grpc
 from xpu_bridge.common.addresses import parse_host_port, unix_socket_path
 from xpu_bridge.common.sockets import prepare_socket
-from xpu_bridge.sim.host_agent.registry import Registry
-from xpu_bridge.sim.host_agent.servicers import BridgePortServicer, LogicalBridgeServicer
 
 BRIDGE_PORT_SERVICE = pb.DESCRIPTOR.services_by_name["BridgePortService"].full_name
 LOGICAL_BRIDGE_SERVICE = pb.DESCRIPTOR.services_by_name["LogicalBridgeService"].full_name
 OPI_SERVICES: tuple[str, ...] = (BRIDGE_PORT_SERVICE, LOGICAL_BRIDGE_SERVICE)
+
+# Adds a simulator's servicers to a server that is not started yet.
+AddServicers: TypeAlias = Callable[[grpc.aio.Server], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,29 +78,31 @@ class Listener:
     async def start(
         cls,
         address: str,
-        registry: Registry,
+        add_servicers: AddServicers,
+        services: Sequence[str],
         interceptor: grpc.aio.ServerInterceptor,
         tls: ServerTLS | None,
+        *,
+        what: str = "sim host agent",
     ) -> Listener:
+        """Serve `services` (full names, for health and reflection), which `add_servicers`
+        adds, on `address`; `what` names the simulator in socket errors."""
         socket = unix_socket_path(address)
         if socket is not None:
-            prepare_socket(socket, "sim host agent")
+            prepare_socket(socket, what)
         server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_BridgePortServiceServicer_to_server(BridgePortServicer(registry.ports), server)
-        pb_grpc.add_LogicalBridgeServiceServicer_to_server(
-            LogicalBridgeServicer(registry.bridges), server
-        )
+        add_servicers(server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*OPI_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         if tls is None:
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, tls.credentials())
         await server.start()
-        for service in ("", *OPI_SERVICES):
+        for service in ("", *services):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         return cls(server, health_servicer, address, port)
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-import grpc
-
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
-from xpu_bridge.common.addresses import unix_socket_path
 from xpu_bridge.sim import polling
 from xpu_bridge.sim.host_agent.config import (
     BRIDGE_COMPONENTS,
@@ -20,16 +17,16 @@ from xpu_bridge.sim.host_agent.config import (
     PORT_COMPONENTS,
     AgentConfig,
 )
-from xpu_bridge.sim.host_agent.faults import FaultInterceptor, Faults
-from xpu_bridge.sim.host_agent.listener import Listener, ServerTLS
+from xpu_bridge.sim.host_agent.faults import FaultControls, FaultInterceptor, Faults
+from xpu_bridge.sim.host_agent.listener import OPI_SERVICES, ServerTLS
 from xpu_bridge.sim.host_agent.names import port_name, resource_id
 from xpu_bridge.sim.host_agent.registry import Registry
+from xpu_bridge.sim.host_agent.servicers import add_opi_servicers
+from xpu_bridge.sim.host_agent.serving import Serving
 from xpu_bridge.sim.host_agent.specs import clone
 
-log = logging.getLogger(__name__)
 
-
-class SimHostAgent:
+class SimHostAgent(FaultControls):
     """A simulated OPI host agent: state, fault plan and a restartable grpc.aio server."""
 
     def __init__(
@@ -46,7 +43,6 @@ class SimHostAgent:
         list_not_found_until_first_create: bool = True,
         tls: ServerTLS | None = None,
     ) -> None:
-        self.tls = tls  # serve TLS (TCP addresses only); kept across restarts
         self.config = AgentConfig(
             up_delay=up_delay,
             delete_delay=delete_delay,
@@ -59,62 +55,53 @@ class SimHostAgent:
         self.calls: Counter[str] = Counter()
         self.faults = Faults(rng=random.Random(seed))
         self._registry = Registry(self.config, bridges)
-        self._listener: Listener | None = None
-        self._address: str | None = None
-        self._started_before = False
+        self._server = Serving(
+            "sim host agent",
+            functools.partial(add_opi_servicers, self._registry),
+            OPI_SERVICES,
+            FaultInterceptor(self.calls, self.faults),
+            self.reset_state,
+            default_address="127.0.0.1:0",
+        )
+        self._server.tls = tls
 
     # lifecycle ---------------------------------------------------------------------------
 
     async def start(self, address: str | None = None) -> int:
         """Serve on `unix:///path` or `host:port` (default: the last address, else
         127.0.0.1:0). Returns the bound TCP port, 0 for unix sockets."""
-        drop = self.drop_state_on_restart and self._started_before
-        return await self._start(address, drop_state=drop)
+        drop = self.drop_state_on_restart and self._server.started_before
+        return await self._server.start(address, drop_state=drop)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving (state is kept) and remove the unix socket file."""
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
-        await listener.stop(grace)
-        self._started_before = True
-        log.info("sim host agent stopped on %s", self._address)
+        await self._server.stop(grace)
 
     async def restart(
         self, *, drop_state: bool | None = None, downtime: float = 0.0, grace: float | None = None
     ) -> int:
         """Stop, stay down for `downtime` seconds, start on the same address. A real agent
         with an in-memory store loses everything: pass drop_state=True for that."""
-        await self.stop(grace)
-        if downtime > 0:
-            await asyncio.sleep(downtime)
         drop = self.drop_state_on_restart if drop_state is None else drop_state
-        return await self._start(None, drop_state=drop)
+        return await self._server.restart(drop_state=drop, downtime=downtime, grace=grace)
 
-    async def _start(self, address: str | None, *, drop_state: bool) -> int:
-        if self._listener is not None:
-            raise RuntimeError(f"already serving on {self._address}")
-        address = address or self._address or "127.0.0.1:0"
-        if unix_socket_path(address) is not None and self.tls is not None:
-            raise ValueError(f"TLS applies to host:port addresses only, not {address}")
-        if drop_state:
-            self.reset_state()
-        interceptor = FaultInterceptor(self.calls, self.faults)
-        listener = await Listener.start(address, self._registry, interceptor, self.tls)
-        self._listener, self._address = listener, listener.address
-        log.info("sim host agent serving on %s", self._address)
-        return listener.port
+    @property
+    def tls(self) -> ServerTLS | None:
+        """TLS served on TCP addresses; kept across restarts."""
+        return self._server.tls
+
+    @tls.setter
+    def tls(self, tls: ServerTLS | None) -> None:
+        self._server.tls = tls
 
     @property
     def target(self) -> str:
         """What a client passes to grpc.aio.insecure_channel() (secure_channel() with TLS)."""
-        if self._address is None:
-            raise RuntimeError("agent was never started")
-        return self._address
+        return self._server.target
 
     @property
     def serving(self) -> bool:
-        return self._listener is not None
+        return self._server.serving
 
     # state -------------------------------------------------------------------------------
 
@@ -187,38 +174,6 @@ class SimHostAgent:
         for name in names:
             self._registry.ports.remove_port(name)
         return len(names)
-
-    # fault injection ---------------------------------------------------------------------
-
-    def set_latency(self, method: str, seconds: float) -> None:
-        """Add `seconds` before `method` (or "*") is handled; 0 removes it."""
-        self.faults.set_latency(method, seconds)
-
-    def set_error_rate(
-        self,
-        method: str,
-        rate: float,
-        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
-        message: str | None = None,
-    ) -> None:
-        """Fail `rate` (0..1) of calls to `method` (or "*") with `code`; 0 removes it."""
-        self.faults.set_error_rate(method, rate, code, message)
-
-    def fail_next(
-        self, method: str, count: int = 1, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
-    ) -> None:
-        """Fail exactly the next `count` calls to `method` (or "*"): deterministic retries."""
-        self.faults.fail_next(method, count, code)
-
-    def set_unavailable(self, seconds: float | None = None) -> None:
-        """Every RPC answers UNAVAILABLE for `seconds`, or until clear_unavailable()."""
-        self.faults.set_unavailable(seconds)
-
-    def clear_unavailable(self) -> None:
-        self.faults.unavailable_until = None
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
 
 
 async def serve_host_agent(

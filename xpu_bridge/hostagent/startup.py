@@ -1,4 +1,4 @@
-"""Start-up check that every configured logical bridge exists on the host agent."""
+"""Start-up with the host agent: its handshake, then every configured logical bridge exists."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ class MissingBridges(StartupError):
     """Logical bridges the config names that the agent does not have: one line each."""
 
 
-async def check_logical_bridges(agent: HostAgent, config: Config) -> None:
+async def wait_until_usable(agent: HostAgent, config: Config) -> None:
     """A missing bridge is a configuration error; an unreachable agent is waited for."""
     names = sorted({b for r in config.resource_list for b in r.bridge_port.logical_bridges})
     while True:
         try:
+            await agent.start()
             missing = await agent.missing_logical_bridges(names)
         except PortError as error:
             log.error(

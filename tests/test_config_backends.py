@@ -1,0 +1,161 @@
+"""Config for the second backend: hostAgent.api, VLAN pools, name templates, mode, pfs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from xpu_bridge.config import ConfigError, parse_config
+
+VSP: dict[str, Any] = {
+    "hostAgent": {"api": "dpu-vendor-plugin"},
+    "resourceList": [
+        {"resourceName": "red", "selectors": [{"pfNames": ["ens1f0"]}], "bridgePort": {"vlan": 10}}
+    ],
+}
+OPI_BRIDGE = {"logicalBridges": ["//network.opiproject.org/bridges/red"]}
+
+
+def vsp(**changes: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(VSP)
+    for path, value in changes.items():
+        node = raw
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[keys[-1]] = value
+    return raw
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    return caught.value.problems
+
+
+def test_a_vendor_plugin_config_has_its_socket_template_and_vlan() -> None:
+    config = parse_config(VSP)
+    assert config.vendor_plugin
+    assert config.host_agent.endpoint == (
+        "unix:///var/run/dpu-daemon/vendor-plugin/vendor-plugin.sock"
+    )
+    assert config.host_agent.port_name_template == "host{pf}-{vf}"
+    assert config.resource_list[0].bridge_port.on_the_wire == ("10",)
+    assert config.mode == "host"
+
+
+def test_opi_evpn_bridge_stays_the_default() -> None:
+    config = parse_config({"resourceList": [{**VSP["resourceList"][0], "bridgePort": OPI_BRIDGE}]})
+    assert not config.vendor_plugin
+    assert config.host_agent.endpoint == "unix:///var/run/xpu-host-agent/agent.sock"
+
+
+@pytest.mark.parametrize("vlan", [0, 1, 4095, 5000, -3])
+def test_a_vlan_outside_2_to_4094_is_a_config_error(vlan: int) -> None:
+    (problem,) = problems(vsp(resourceList__0__bridgePort={"vlan": vlan}))
+    assert problem.startswith("resourceList[0].bridgePort.vlan: Input should be")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            {"resourceList": [{**VSP["resourceList"][0], "bridgePort": {"vlan": 10}}]},
+            "resourceList[0].bridgePort.vlan: a VLAN is what a dpu-vendor-plugin takes",
+            id="vlan on opi-evpn-bridge",
+        ),
+        pytest.param(
+            vsp(resourceList__0__bridgePort=OPI_BRIDGE),
+            "resourceList[0].bridgePort.logicalBridges: a dpu-vendor-plugin takes a VLAN",
+            id="logical bridges on a vendor plugin",
+        ),
+        pytest.param(
+            vsp(resourceList__0__bridgePort={}),
+            "resourceList[0].bridgePort.vlan: is required with hostAgent.api dpu-vendor-plugin",
+            id="no vlan on a vendor plugin",
+        ),
+        pytest.param(
+            vsp(resourceList__0__bridgePort={"vlan": 10, "type": "trunk"}),
+            "resourceList[0].bridgePort: a VLAN port is an access port",
+            id="trunk vlan",
+        ),
+        pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "endpoint": "10.0.0.1:50051"}),
+            "hostAgent: a dpu-vendor-plugin listens on a unix socket",
+            id="vendor plugin over tcp",
+        ),
+        pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "portNameTemplate": "host{pf}"}),
+            "hostAgent.portNameTemplate: 'host{pf}' names every function alike",
+            id="template without an index",
+        ),
+        pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "portNameTemplate": "h{pf}-{port}"}),
+            "hostAgent.portNameTemplate: 'h{pf}-{port}' uses ['port']; the placeholders are",
+            id="unknown placeholder",
+        ),
+        pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "portNameTemplate": "h{vf}-{sfnum}"}),
+            "hostAgent.portNameTemplate: 'h{vf}-{sfnum}': use {vf} or {sfnum}, not both",
+            id="both indexes",
+        ),
+        pytest.param(
+            vsp(resourceList__0__deviceType="auxNetDevice"),
+            "resourceList[0].deviceType: auxNetDevice ports are named by {sfnum}",
+            id="SF pool with a VF template",
+        ),
+        pytest.param(
+            vsp(portIdPrefix="node7"),
+            "portIdPrefix: applies to opi-evpn-bridge port IDs",
+            id="opi prefix on a vendor plugin",
+        ),
+        pytest.param(
+            {"mode": "dpu", "resourceList": [{**VSP["resourceList"][0], "bridgePort": OPI_BRIDGE}]},
+            "mode: dpu needs hostAgent.api dpu-vendor-plugin",
+            id="dpu mode on opi-evpn-bridge",
+        ),
+        pytest.param(
+            vsp(resourceList__0__networkFunction=True),
+            "resourceList[0].networkFunction: network functions need mode dpu",
+            id="network function in host mode",
+        ),
+        pytest.param(
+            vsp(pfs=[{"pfName": "ens1f0", "numVfs": 4}, {"pfName": "ens1f1", "numVfs": 4}]),
+            "pfs: a vendor plugin creates VFs with one SetNumVfs for its own PF",
+            id="two PFs on a vendor plugin",
+        ),
+        pytest.param(
+            vsp(pfs=[{"pfName": "ens1f0", "pciAddress": "0000:3b:00.0", "numVfs": 4}]),
+            "pfs[0]: name the PF by pfName or by pciAddress (one of them)",
+            id="PF named twice",
+        ),
+        pytest.param(
+            vsp(pfs=[{"pfName": "ens1f0", "numVfs": 5000}]),
+            "pfs[0].numVfs: Input should be less than or equal to 4096",
+            id="too many VFs",
+        ),
+    ],
+)
+def test_combinations_that_cannot_work_name_their_path(raw: dict[str, Any], expected: str) -> None:
+    found = problems(raw)
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_every_cross_section_problem_is_its_own_line() -> None:
+    raw = vsp(portIdPrefix="node7", resourceList__0__bridgePort=OPI_BRIDGE)
+    found = problems(raw)
+    assert len(found) == 2
+    assert found[0].startswith("portIdPrefix: ")
+    assert found[1].startswith("resourceList[0].bridgePort.logicalBridges: ")
+
+
+def test_dpu_mode_with_a_network_function_pool() -> None:
+    config = parse_config(vsp(mode="dpu", resourceList__0__networkFunction=True))
+    assert config.mode == "dpu" and config.resource_list[0].network_function
+
+
+def test_pfs_by_name_or_address() -> None:
+    config = parse_config(vsp(pfs=[{"pciAddress": "0000:3B:00.0", "numVfs": 8}]))
+    assert config.pfs[0].pci_address == "0000:3b:00.0" and config.pfs[0].num_vfs == 8

@@ -1,0 +1,152 @@
+"""The whole config document, and the combinations of its sections that cannot work."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from xpu_bridge.config.base import StrictModel
+from xpu_bridge.config.host_agent import (
+    DPU_VENDOR_PLUGIN,
+    OPI_EVPN_BRIDGE,
+    HostAgentConfig,
+    ReleaseConfig,
+)
+from xpu_bridge.config.pools import DNS_SUBDOMAIN, PfConfig, ResourceConfig
+
+API_VERSION = "xpu-bridge/v1"
+SUPPORTED_API_VERSIONS = (API_VERSION,)
+PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?\Z")
+
+
+def unsupported_version(version: object) -> str:
+    return (
+        f"{version!r} is not supported; this xpu-bridge reads "
+        f"{', '.join(SUPPORTED_API_VERSIONS)} (leaving it out means {API_VERSION})"
+    )
+
+
+class Config(StrictModel):
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    mode: Literal["host", "dpu"] = "host"
+    host_agent: HostAgentConfig = Field(default_factory=HostAgentConfig, alias="hostAgent")
+    port_id_prefix: str = Field(default="", alias="portIdPrefix", max_length=20)
+    resource_prefix: str = Field(default="opi.io", alias="resourcePrefix")
+    rescan_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, alias="rescanIntervalSeconds"
+    )
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    pfs: list[PfConfig] = Field(default_factory=list)
+    resource_list: list[ResourceConfig] = Field(alias="resourceList", min_length=1)
+
+    @field_validator("api_version")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        if value not in SUPPORTED_API_VERSIONS:
+            raise ValueError(unsupported_version(value))
+        return value
+
+    @field_validator("port_id_prefix")
+    @classmethod
+    def _port_prefix(cls, value: str) -> str:
+        if not PORT_ID_PREFIX.match(value):
+            raise ValueError("must be lower-case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("resource_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not DNS_SUBDOMAIN.match(value) or value.endswith("kubernetes.io"):
+            raise ValueError("must be a DNS subdomain outside kubernetes.io, such as opi.io")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_resources(self) -> Config:
+        seen: set[str] = set()
+        for resource in self.resource_list:
+            full = self.full_resource_name(resource)
+            if full in seen:
+                raise ValueError(f"resource {full} is configured twice")
+            seen.add(full)
+        return self
+
+    @model_validator(mode="after")
+    def _works_with_the_agent(self) -> Config:
+        """Reported one line per problem, each naming its own path (see loading.py)."""
+        problems = backend_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def full_resource_name(self, resource: ResourceConfig) -> str:
+        return f"{resource.resource_prefix or self.resource_prefix}/{resource.resource_name}"
+
+    @property
+    def vendor_plugin(self) -> bool:
+        return self.host_agent.api == DPU_VENDOR_PLUGIN
+
+
+def backend_problems(config: Config) -> list[str]:
+    """What the chosen host agent cannot do with this config, as `path: problem` lines."""
+    if config.host_agent.api == OPI_EVPN_BRIDGE:
+        return _opi_problems(config)
+    return _vendor_plugin_problems(config)
+
+
+def _opi_problems(config: Config) -> list[str]:
+    problems = []
+    if config.mode == "dpu":
+        problems.append("mode: dpu needs hostAgent.api dpu-vendor-plugin")
+    for index, resource in enumerate(config.resource_list):
+        where = f"resourceList[{index}]"
+        if resource.bridge_port.vlan is not None:
+            problems.append(
+                f"{where}.bridgePort.vlan: a VLAN is what a dpu-vendor-plugin takes; "
+                "opi-evpn-bridge ports name logicalBridges"
+            )
+        elif not resource.bridge_port.logical_bridges:
+            problems.append(f"{where}.bridgePort.logicalBridges: is required")
+        if resource.network_function:
+            problems.append(
+                f"{where}.networkFunction: network functions need mode dpu and "
+                "hostAgent.api dpu-vendor-plugin"
+            )
+    return problems
+
+
+def _vendor_plugin_problems(config: Config) -> list[str]:
+    problems = []
+    if config.port_id_prefix:
+        problems.append(
+            "portIdPrefix: applies to opi-evpn-bridge port IDs; a vendor plugin names ports "
+            "by hostAgent.portNameTemplate"
+        )
+    if len(config.pfs) > 1:
+        problems.append(
+            "pfs: a vendor plugin creates VFs with one SetNumVfs for its own PF; list one PF"
+        )
+    fields = config.host_agent.template_fields
+    for index, resource in enumerate(config.resource_list):
+        where = f"resourceList[{index}]"
+        if resource.bridge_port.logical_bridges:
+            problems.append(
+                f"{where}.bridgePort.logicalBridges: a dpu-vendor-plugin takes a VLAN, not "
+                "logical bridges: set bridgePort.vlan (2-4094) instead"
+            )
+        elif resource.bridge_port.vlan is None:
+            problems.append(
+                f"{where}.bridgePort.vlan: is required with hostAgent.api dpu-vendor-plugin "
+                "(a VLAN ID, 2-4094)"
+            )
+        wanted = "vf" if resource.device_type == "netDevice" else "sfnum"
+        if wanted not in fields:
+            problems.append(
+                f"{where}.deviceType: {resource.device_type} ports are named by "
+                f"{{{wanted}}}, which hostAgent.portNameTemplate "
+                f"{config.host_agent.port_name_template!r} does not use"
+            )
+        if resource.network_function and config.mode != "dpu":
+            problems.append(f"{where}.networkFunction: network functions need mode dpu")
+    return problems
