@@ -159,3 +159,19 @@ def test_dpu_mode_with_a_network_function_pool() -> None:
 def test_pfs_by_name_or_address() -> None:
     config = parse_config(vsp(pfs=[{"pciAddress": "0000:3B:00.0", "numVfs": 8}]))
     assert config.pfs[0].pci_address == "0000:3b:00.0" and config.pfs[0].num_vfs == 8
+
+
+def test_the_configmaps_vendor_plugin_example_is_a_valid_config() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[1] / "manifests/02-configmap.yaml").read_text()
+    )
+    text = manifest["data"]["config.yaml"]
+    example = text.split("# The same node with a dpu-operator vendor plugin instead", 1)[1]
+    lines = [line[2:] for line in example.splitlines()[1:] if line.startswith("#  ")]
+    config = parse_config(yaml.safe_load("\n".join(lines)))
+    assert config.vendor_plugin and config.resource_list[0].bridge_port.vlan == 10
+    assert config.pfs[0].num_vfs == 8

@@ -66,8 +66,9 @@ class HeldPortMap:
                 port_ids.add(port_id)
         if unmapped and unmapped != self._unmapped:
             log.warning(
-                "containers hold SF(s) %s that this daemon has not seen in sysfs; "
-                "no SF port is released until they are back or no longer held",
+                "containers hold device(s) %s that this daemon has not seen in sysfs, so it "
+                "cannot name their ports; no SF port is released until they are back or no "
+                "longer held",
                 ", ".join(sorted(unmapped)),
             )
         self._unmapped = unmapped

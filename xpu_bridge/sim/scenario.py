@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from xpu_bridge.config import parse_config
+from xpu_bridge.config import DPU_VENDOR_PLUGIN, AgentApi, parse_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
 from xpu_bridge.hostagent.opi_evpn import BridgePortClient
-from xpu_bridge.hostagent.ports import PortState
 from xpu_bridge.node.pool import env_name
 from xpu_bridge.sim.host_agent import SimHostAgent
 from xpu_bridge.sim.kubelet import AdmissionError, Assignment, Container, SimKubelet
 from xpu_bridge.sim.sysfs import build_node
+from xpu_bridge.sim.vendor_plugin import SimVendorPlugin
 
 BRIDGES = "//network.opiproject.org/bridges/"
-RED, BLUE, GREEN = "opi.io/red", "opi.io/blue", "opi.io/green"
+RED, BLUE, GREEN, NF = "opi.io/red", "opi.io/blue", "opi.io/green", "opi.io/nf"
+VSP_INTERFACES = 16
 COLUMNS = ("POD", "CONTAINER", "RESOURCE", "DEVICE", "PCI", "MAC", "XPU PORT", "STATE")
 
 
@@ -69,29 +70,71 @@ class Row:
     state: str
 
 
+def simulated_vsp_config(root: Path) -> dict[str, Any]:
+    """DPU side against a vendor plugin: VLAN 10 VFs on both PFs, and a network-function pool
+    whose containers take two VFs each."""
+    return {
+        "apiVersion": "xpu-bridge/v1",
+        "mode": "dpu",
+        "hostAgent": {
+            "api": DPU_VENDOR_PLUGIN,
+            "endpoint": f"unix://{root}/vendor-plugin.sock",
+            "attachTimeoutSeconds": 5,
+            "heartbeatSeconds": 0.5,
+        },
+        "release": {"intervalSeconds": 0.5, "graceSeconds": 1, "holdoffSeconds": 1},
+        "resourceList": [
+            {
+                "resourceName": "red",
+                "selectors": [{"pfNames": ["ens1f0", "ens1f1#0-3"]}],
+                "bridgePort": {"vlan": 10},
+            },
+            {
+                "resourceName": "nf",
+                "networkFunction": True,
+                "selectors": [{"pfNames": ["ens1f1#4-7"]}],
+                "bridgePort": {"vlan": 20},
+            },
+        ],
+    }
+
+
+Agent = SimHostAgent | SimVendorPlugin
+
+
+async def start_agent(root: Path, api: AgentApi) -> tuple[Agent, dict[str, Any], list[str]]:
+    """The xPU side of the node: its agent, the config that matches, the pools it serves."""
+    if api == DPU_VENDOR_PLUGIN:
+        plugin = SimVendorPlugin(interfaces=VSP_INTERFACES)
+        await plugin.start(f"unix://{root}/vendor-plugin.sock")
+        return plugin, simulated_vsp_config(root), [RED, NF]
+    agent = SimHostAgent(
+        [BRIDGES + n for n in ("red", "blue-a", "blue-b", "green")],
+        up_delay=0.05,
+        delete_delay=0.05,
+    )
+    await agent.start(f"unix://{root}/agent.sock")
+    return agent, simulated_config(root), [RED, BLUE, GREEN]
+
+
 @dataclass
 class SimulatedNode:
     """The parts, started in the order a real node has them: xPU agent, kubelet, daemon."""
 
     root: Path
-    agent: SimHostAgent
+    agent: Agent
     kubelet: SimKubelet
     daemon: Daemon
     deleted: dict[str, str]
 
     @classmethod
-    async def start(cls, root: Path) -> SimulatedNode:
+    async def start(cls, root: Path, api: AgentApi = "opi-evpn-bridge") -> SimulatedNode:
         build_node(root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
-        agent = SimHostAgent(
-            [BRIDGES + n for n in ("red", "blue-a", "blue-b", "green")],
-            up_delay=0.05,
-            delete_delay=0.05,
-        )
-        await agent.start(f"unix://{root}/agent.sock")
+        agent, raw, resources = await start_agent(root, api)
         kubelet = SimKubelet(root / "device-plugins", root / "pod-resources.sock")
         await kubelet.start()
         options = DaemonOptions(
-            config=parse_config(simulated_config(root)),
+            config=parse_config(raw),
             kubelet_dir=root / "device-plugins",
             pod_resources_socket=root / "pod-resources.sock",
             sysfs_root=root / "sys",
@@ -99,7 +142,7 @@ class SimulatedNode:
         )
         daemon = await Daemon.create(options)
         await daemon.start()
-        for resource in (RED, BLUE, GREEN):
+        for resource in resources:
             await kubelet.wait_registered(resource, timeout=20)
             await kubelet.wait_for_devices(resource, timeout=20)
         return cls(root, agent, kubelet, daemon, {})
@@ -108,6 +151,17 @@ class SimulatedNode:
         await self.daemon.stop()
         await self.kubelet.stop()
         await self.agent.stop()
+
+    async def port_states(self) -> dict[str, str]:
+        """Port ID (or name) -> oper status, as the agent answers (the vendor plugin's List is
+        empty, so its own record stands in)."""
+        if isinstance(self.agent, SimVendorPlugin):
+            return {name: "UP" for name in self.agent.ports}
+        client = BridgePortClient(self.daemon.config.host_agent)
+        try:
+            return {p.port_id: p.oper.name for p in await client.list_ports()}
+        finally:
+            await client.close()
 
 
 async def run_pods(node: SimulatedNode, say: Callable[[str], None]) -> list[Assignment]:
@@ -127,16 +181,29 @@ async def run_pods(node: SimulatedNode, say: Callable[[str], None]) -> list[Assi
 
     await admit("web-1", containers=[Container("nginx", {RED: 1})])
     await admit("web-2", containers=[Container("nginx", {RED: 2})])
-    await admit(
-        "db-0",
-        init_containers=[Container("init-net", {BLUE: 1})],
-        containers=[Container("postgres", {BLUE: 1})],
-    )
-    await admit("edge-1", containers=[Container("envoy", {GREEN: 1})])
+    if isinstance(node.agent, SimVendorPlugin):
+        await admit("fw-1", containers=[Container("firewall", {NF: 2})])
+        await admit("fw-2", containers=[Container("firewall", {NF: 2})])
+        for call in node.agent.nf_calls:
+            say(f"network function: {call.method}(input={call.input}, output={call.output})")
+    else:
+        await admit(
+            "db-0",
+            init_containers=[Container("init-net", {BLUE: 1})],
+            containers=[Container("postgres", {BLUE: 1})],
+        )
+        await admit("edge-1", containers=[Container("envoy", {GREEN: 1})])
     await admit("greedy", containers=[Container("app", {RED: 20})])
     kubelet.delete_pod("web-1")
     say("pod web-1: deleted")
     node.deleted["web-1"] = await wait_released(node, history, "web-1", say)
+    if isinstance(node.agent, SimVendorPlugin):
+        calls = len(node.agent.nf_calls)
+        kubelet.delete_pod("fw-1")
+        say("pod fw-1: deleted")
+        node.deleted["fw-1"] = await wait_released(node, history, "fw-1", say)
+        for call in node.agent.nf_calls[calls:]:
+            say(f"network function: {call.method}(input={call.input}, output={call.output})")
     await admit("web-3", containers=[Container("nginx", {RED: 1})])
     return history
 
@@ -161,15 +228,14 @@ async def wait_released(
     return verdict
 
 
-def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, PortState]) -> list[Row]:
+def rows(node: SimulatedNode, history: list[Assignment], ports: dict[str, str]) -> list[Row]:
     table = []
     for item in history:
         info = json.loads(item.response.envs[env_name(item.resource_name) + "_INFO"])
         for device in item.device_ids:
             xpu = info[device]["xpu"]
             port_id = xpu["bridgePort"].rsplit("/", 1)[-1]
-            port = ports.get(port_id)
-            state = port.oper.name if port else "released"
+            state = ports.get(port_id, "released")
             if item.pod in node.deleted:
                 state = f"{node.deleted[item.pod]} (pod deleted)"
             table.append(
@@ -207,7 +273,11 @@ def render(table: list[Row]) -> str:
 
 
 async def simulate(
-    duration: float, out: TextIO, stop: asyncio.Event | None = None, keep: bool = False
+    duration: float,
+    out: TextIO,
+    stop: asyncio.Event | None = None,
+    keep: bool = False,
+    api: AgentApi = "opi-evpn-bridge",
 ) -> int:
     """Build, run the pods, print the table; then keep serving for `duration` seconds."""
     root = Path(tempfile.mkdtemp(prefix="xpu-sim-", dir="/tmp"))
@@ -215,17 +285,13 @@ async def simulate(
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    say(f"simulated node in {root}: 2 PFs x 8 VFs, 4 SFs; host agent, kubelet and xpu-bridge")
-    node = await SimulatedNode.start(root)
+    agent = "vendor plugin (DPU side)" if api == DPU_VENDOR_PLUGIN else "host agent"
+    say(f"simulated node in {root}: 2 PFs x 8 VFs, 4 SFs; {agent}, kubelet and xpu-bridge")
+    node = await SimulatedNode.start(root, api)
     try:
         history = await run_pods(node, say)
-        client = BridgePortClient(node.daemon.config.host_agent)
-        try:
-            ports = {p.port_id: p for p in await client.list_ports()}
-        finally:
-            await client.close()
         say("")
-        say(render(rows(node, history, ports)))
+        say(render(rows(node, history, await node.port_states())))
         if duration > 0:
             say(f"\nrunning for {duration:g}s (Ctrl-C stops)")
             with contextlib.suppress(TimeoutError):
