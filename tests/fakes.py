@@ -86,8 +86,9 @@ class FakeAgent:
     def capabilities(self) -> AgentCapabilities:
         return AgentCapabilities(lists_ports=True, reports_status=True, heartbeat=False)
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
         self._call("start")
+        return False
 
     async def ping(self) -> bool:
         raise PortError("the fake agent has no heartbeat")

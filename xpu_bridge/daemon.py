@@ -78,6 +78,7 @@ class Daemon:
             backend.client.endpoint,
             lambda: backend.health.up(loop_time()),
             lambda: self.loops.broken,
+            backend.health.problem,
         )
         metrics.watch_state(self.status.snapshot)
         address = options.metrics_address
@@ -152,6 +153,8 @@ class Daemon:
             lambda: registrar.last_kubelet_restart,
             backend.functions,
         )
+        if backend.heartbeat is not None:
+            backend.heartbeat.on_outage = reconciler.note_outage
         for pool in pools:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
         options.kubelet_dir.mkdir(parents=True, exist_ok=True)

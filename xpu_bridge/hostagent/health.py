@@ -51,3 +51,13 @@ class AgentHealth:
     def devices_unhealthy(self, now: float) -> bool:
         since = self._down_since()
         return since is not None and now - since >= self.unhealthy_after
+
+    def problem(self) -> str:
+        """Why the agent counts as down, in operator terms."""
+        if self.down_since is None and self.unhealthy_since is not None:
+            return "reports itself unhealthy (heartbeat answered healthy=false)"
+        return "unreachable"
+
+    def unhealthy_reason(self, now: float) -> str | None:
+        """Why every device is Unhealthy now, or None."""
+        return f"host agent {self.problem()}" if self.devices_unhealthy(now) else None

@@ -1,8 +1,10 @@
-"""The heartbeat: ask a vendor plugin every few seconds whether it is healthy."""
+"""The heartbeat: ask a vendor plugin every few seconds whether it is healthy, and whether it
+restarted (it takes Init again), which means it lost the ports it kept in memory."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from xpu_bridge.common.loops import every, keep_running, loop_time
 from xpu_bridge.hostagent.health import AgentHealth
@@ -12,22 +14,31 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Feeds AgentHealth from Ping: unreachable and healthy=false both count as down."""
+    """Feeds AgentHealth from Ping: unreachable and healthy=false both count as down. Every
+    beat also sends Init (a no-op once initialized); a failed beat or a fresh Init tells
+    `on_outage`, so that held ports are made again."""
 
     def __init__(self, agent: HostAgent, health: AgentHealth, seconds: float) -> None:
         self._agent = agent
         self._health = health
         self._seconds = seconds
         self._healthy: bool | None = None
+        self.on_outage: Callable[[], None] = lambda: None
 
     async def beat(self) -> None:
         try:
+            fresh = await self._agent.start()
             healthy = await self._agent.ping()
         except PortError as error:
             self._health.record(False, loop_time())
             self._changed(False, str(error))
+            self.on_outage()
             return
         self._health.report(healthy, loop_time())
+        if fresh:
+            log.warning("host agent %s restarted (it took Init again)", self._agent.endpoint)
+        if fresh or not healthy:
+            self.on_outage()
         self._changed(healthy, "it answered healthy=false")
 
     def _changed(self, healthy: bool, why: str) -> None:

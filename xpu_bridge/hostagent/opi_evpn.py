@@ -97,8 +97,9 @@ class BridgePortClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
         """opi-evpn-bridge has no handshake; the logical-bridge check follows."""
+        return False
 
     async def ping(self) -> bool:
         raise PortError("opi-evpn-bridge has no heartbeat; its RPCs tell its health")

@@ -93,8 +93,9 @@ class HostAgent(PortAttacher, Protocol):
     @property
     def capabilities(self) -> AgentCapabilities: ...
 
-    async def start(self) -> None:
-        """The agent's own start-up handshake, if it has one (a vendor plugin's Init)."""
+    async def start(self) -> bool:
+        """The agent's own start-up handshake, if it has one (a vendor plugin's Init); True
+        when the agent was fresh (not initialized before: it started anew)."""
         ...
 
     async def ping(self) -> bool:

@@ -75,16 +75,18 @@ class VendorPluginClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def start(self) -> None:
-        """Init, as dpu-operator calls it first; "already initialized" is success."""
+    async def start(self) -> bool:
+        """Init, as dpu-operator calls it first; "already initialized" is success. A plugin
+        that takes Init again has restarted and lost its ports (it keeps them in memory)."""
         request = vendor.InitRequest(dpu_mode=self._dpu_mode)
         try:
             await self._calls.call("Init", self._life.Init, request, self._calls.budget())
         except grpc.aio.AioRpcError as error:
             if ALREADY_INITIALIZED in (error.details() or ""):
-                return
+                return False
             raise self._calls.failure("Init", error) from None
         log.info("vendor plugin at %s initialized (dpu_mode=%s)", self.endpoint, self._dpu_mode)
+        return True
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:
         """Create by name; a stored port with another spec is deleted and created again."""

@@ -100,7 +100,7 @@ class VfCreator:
                     if held is None
                     else (f"containers hold its VF(s) {', '.join(holders)}")
                 )
-                log.error("VF creation: %s: left as it is: %s", change, why)
+                log.error("VF creation: %s: %s: left as it is: %s", change.where, change, why)
                 continue
             await self._change(change)
             done.append(change)

@@ -45,6 +45,7 @@ class NodeStatus:
         agent_endpoint: str,
         agent_up: Callable[[], bool],
         broken: Callable[[], str | None],
+        agent_problem: Callable[[], str] = lambda: "unreachable",
     ) -> None:
         self._pools = pools
         self._leases = leases
@@ -54,6 +55,7 @@ class NodeStatus:
         self._agent_endpoint = agent_endpoint
         self._agent_up = agent_up
         self._broken = broken
+        self._agent_problem = agent_problem
         self.started = False
 
     def not_live(self) -> str | None:
@@ -68,7 +70,7 @@ class NodeStatus:
         if missing:
             return f"not registered with the kubelet: {', '.join(missing)}"
         if not self._agent_up():
-            return f"host agent {self._agent_endpoint} unreachable"
+            return f"host agent {self._agent_endpoint} {self._agent_problem()}"
         return None
 
     def _attached(self, entry: PoolDevice, owned: Mapping[str, PortState]) -> bool:

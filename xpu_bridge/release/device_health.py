@@ -14,15 +14,16 @@ AGENT_UNREACHABLE = "host agent unreachable"
 
 
 async def mark_device_health(
-    pools: PoolSet, owned: Mapping[str, PortState], agent_down: bool
+    pools: PoolSet, owned: Mapping[str, PortState], agent_down: str | None
 ) -> None:
-    """Set every pool's Unhealthy devices (ListAndWatch re-sends the list when one flips)."""
+    """Set every pool's Unhealthy devices (ListAndWatch re-sends the list when one flips);
+    `agent_down` is why the agent counts as down, if it does."""
     for pool in pools:
         unhealthy: dict[str, str] = {}
         for entry in pool.devices():
             port = owned.get(entry.spec.port_id)
             if agent_down:
-                unhealthy[entry.id] = AGENT_UNREACHABLE
+                unhealthy[entry.id] = agent_down
             elif port is not None and port.component_errors:
                 unhealthy[entry.id] = "; ".join(port.component_errors)
         if await pool.set_health(unhealthy):
@@ -30,5 +31,5 @@ async def mark_device_health(
                 "pool %s: %d device(s) unhealthy%s",
                 pool.resource_name,
                 len(unhealthy),
-                f" ({AGENT_UNREACHABLE})" if agent_down else "",
+                f" ({agent_down})" if agent_down else "",
             )

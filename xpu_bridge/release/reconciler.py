@@ -122,7 +122,7 @@ class Reconciler:
             unreadable = str(error)
         owned = await self.owned.refresh()
         now = self.leases.now()
-        agent_down = self.owned.health.devices_unhealthy(now)
+        agent_down = self.owned.health.unhealthy_reason(now)
         await mark_device_health(self.pools, self.owned.ports, agent_down)
         if owned is None:
             self._agent_was_down = True
@@ -137,12 +137,16 @@ class Reconciler:
         await self._stuck.resend(owned, self.pools.by_port_id(), snapshot_at)
         await self._release(owned, self.held.port_ids(held), snapshot_at)
 
+    def note_outage(self) -> None:
+        """The heartbeat saw the agent fail, report itself unhealthy or restart."""
+        self._agent_was_down = True
+
     def _after_outage(self) -> str | None:
         """An agent that cannot list may have lost its ports while it was away: every held
         device gets an idempotent Create once it is back."""
         was_down, self._agent_was_down = self._agent_was_down, False
         if was_down and not self.owned.agent.capabilities.lists_ports:
-            return "the agent was unreachable or unhealthy, and cannot say what it kept"
+            return "the agent was unreachable, unhealthy or restarted, and cannot say what it kept"
         return None
 
     async def _release(
@@ -150,6 +154,8 @@ class Reconciler:
     ) -> None:
         by_port = self.pools.by_port_id()
         sweep = self.parts.sweep
+        if not sweep.seeded and not self.owned.agent.capabilities.lists_ports:
+            sweep.seed(self.pools, held.port_ids, set(owned))
         for port_id in set(sweep.pending) & set(owned):
             sweep.done(port_id)  # allocated since start: an owned port like any other
         ports = {**sweep.pending, **owned}

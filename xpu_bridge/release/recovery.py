@@ -38,7 +38,7 @@ async def recover(parts: RecoveryParts, now: float) -> None:
     owned = await owned_ports.refresh()
     if owned is None:
         return
-    await mark_device_health(pools, owned, owned_ports.health.devices_unhealthy(now))
+    await mark_device_health(pools, owned, owned_ports.health.unhealthy_reason(now))
     try:
         held = await held_map.read()
     except PodResourcesUnavailable as error:

@@ -24,12 +24,15 @@ def assumed_port(spec: PortSpec) -> PortState:
 
 
 class StartupSweep:
-    """Port IDs still to be swept; empty on an agent that lists its ports."""
+    """Port IDs still to be swept; empty on an agent that lists its ports. It is seeded once,
+    by recovery or, when PodResources could not be read then, by the first pass that can."""
 
     def __init__(self) -> None:
         self.pending: dict[str, PortState] = {}
+        self.seeded = False
 
     def seed(self, pools: PoolSet, held_port_ids: set[str], known: set[str]) -> None:
+        self.seeded = True
         self.pending = {
             entry.spec.port_id: assumed_port(entry.spec)
             for pool in pools

@@ -60,9 +60,16 @@ class VspPorts:
     """Bridge ports by name and the ACC interface slots they hold; `ready` says whether Init
     has run (checked only when config.require_init). Everything runs on the event loop."""
 
-    def __init__(self, config: VspConfig, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        config: VspConfig,
+        ready: Callable[[], bool],
+        note: Callable[[str, str], None] = lambda method, name: None,
+    ) -> None:
+        """`note(method, port name)` is told of every Create and Delete as it arrives."""
         self._config = config
         self._ready = ready
+        self._note = note
         self.entries: dict[str, _Port] = {}
 
     @property
@@ -74,6 +81,7 @@ class VspPorts:
             raise unknown(NOT_INITIALIZED.format(method=method))
 
     def create_port(self, request: pb.CreateBridgePortRequest) -> pb.BridgePort:
+        self._note("CreateBridgePort", request.bridge_port.name)
         self._check_ready("CreateBridgePort")
         # Upstream dereferences bridge_port.spec without a nil check (a missing one crashes
         # it); here a missing message reads as empty and fails the MAC check.
@@ -113,6 +121,7 @@ class VspPorts:
     def delete_port(self, request: pb.DeleteBridgePortRequest) -> None:
         """allow_missing is ignored: an unknown name is always OK (upstream avoids a retry
         loop of its CNI agent that way)."""
+        self._note("DeleteBridgePort", request.name)
         self._check_ready("DeleteBridgePort")
         self.entries.pop(request.name, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -35,7 +36,9 @@ class NetworkFunctions:
     unknown pair are OK: a choice of the simulator, since what a network function is (and
     whether these are errors) differs per vendor upstream."""
 
-    def __init__(self) -> None:
+    def __init__(self, note: Callable[[str, str], None] = lambda method, pair: None) -> None:
+        """`note(method, "input>output")` is told of every call as it arrives."""
+        self._note = note
         self.calls: list[NfCall] = []
         self.live: set[tuple[str, str]] = set()
         self._failure: _Failure | None = None
@@ -50,6 +53,7 @@ class NetworkFunctions:
         self._failure = None
 
     def create(self, request: api_pb2.NFRequest) -> api_pb2.Empty:
+        self._note(CREATE, f"{request.input}>{request.output}")
         failure = self._failure
         if failure is not None:
             self.calls.append(NfCall(CREATE, request.input, request.output, failure.code))
@@ -63,6 +67,7 @@ class NetworkFunctions:
         return api_pb2.Empty()
 
     def delete(self, request: api_pb2.NFRequest) -> api_pb2.Empty:
+        self._note(DELETE, f"{request.input}>{request.output}")
         self.calls.append(NfCall(DELETE, request.input, request.output))
         self.live.discard((request.input, request.output))
         return api_pb2.Empty()

@@ -150,6 +150,12 @@ class SimVendorPlugin(FaultControls):
         return list(self._state.functions.calls)
 
     @property
+    def call_log(self) -> list[tuple[str, str]]:
+        """Every port and network-function call that reached the VSP's services, in order, as
+        (method, what): the port's name, or "input>output" for a network function."""
+        return list(self._state.journal)
+
+    @property
     def live_functions(self) -> set[tuple[str, str]]:
         """Network functions created and not deleted, as (input, output) pairs."""
         return set(self._state.functions.live)

@@ -18,11 +18,17 @@ class VspState:
 
     def __init__(self, config: VspConfig, sysfs: FakeSysfs | None, pf: PfHandle | None) -> None:
         self.config = config
+        # (method, what) of every port and network-function call, in the order they arrived:
+        # the port's name, or "input>output"; like the other records, it survives restarts.
+        self.journal: list[tuple[str, str]] = []
         self.lifecycle = LifeCycle(config)
-        self.ports = VspPorts(config, lambda: self.lifecycle.initialized)
+        self.ports = VspPorts(config, lambda: self.lifecycle.initialized, self._note)
         self.devices = VfDevices(config, sysfs, pf)
-        self.functions = NetworkFunctions()
+        self.functions = NetworkFunctions(self._note)
         self.healthy = True
+
+    def _note(self, method: str, what: str) -> None:
+        self.journal.append((method, what))
 
     def ping(self, request: api_pb2.PingRequest) -> api_pb2.PingResponse:
         """Echo the sender's timestamp (now, in Unix nanoseconds, if it sent none)."""
