@@ -90,7 +90,7 @@ class FakeAgent:
         self._call("start")
         return False
 
-    async def ping(self) -> bool:
+    async def ping(self) -> bool | None:
         raise PortError("the fake agent has no heartbeat")
 
     def _call(self, method: str) -> None:

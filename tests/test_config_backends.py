@@ -102,6 +102,16 @@ def test_a_vlan_outside_2_to_4094_is_a_config_error(vlan: int) -> None:
             id="both indexes",
         ),
         pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "portNameTemplate": "x{pf}{vf}"}),
+            "hostAgent.portNameTemplate: 'x{pf}{vf}': two placeholders side by side",
+            id="adjacent placeholders",
+        ),
+        pytest.param(
+            vsp(hostAgent={"api": "dpu-vendor-plugin", "portNameTemplate": "h/{pf}-{vf}"}),
+            "hostAgent.portNameTemplate: 'h/{pf}-{vf}': a port name takes letters, digits",
+            id="slash in the template",
+        ),
+        pytest.param(
             vsp(resourceList__0__deviceType="auxNetDevice"),
             "resourceList[0].deviceType: auxNetDevice ports are named by {sfnum}",
             id="SF pool with a VF template",

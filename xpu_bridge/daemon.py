@@ -177,7 +177,7 @@ class Daemon:
         if not plan.changes and not plan.problems:
             return
         try:
-            held: set[str] | None = (await self.reconciler.held.read()).all_ids()
+            held: set[str] | None = (await self.reconciler.held.read_all()).all_ids()
         except PodResourcesUnavailable:
             held = None
         if await self.backend.vfs.apply(plan, found.inventory, held):

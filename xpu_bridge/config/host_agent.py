@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
     DPU_VENDOR_PLUGIN: "unix:///var/run/dpu-daemon/vendor-plugin/vendor-plugin.sock",
 }
 TEMPLATE_FIELDS = frozenset({"pf", "vf", "sfnum"})
+TEMPLATE_TEXT = re.compile(r"^[A-Za-z0-9._-]*\Z")
 
 
 class TLSConfig(StrictModel):
@@ -40,6 +42,17 @@ def template_fields(template: str) -> set[str]:
     except ValueError as error:
         raise ValueError(f"{template!r} is not a name template: {error}") from None
     fields = {name for _, name, _, _ in parsed if name is not None}
+    for position, (literal, name, spec, _) in enumerate(parsed):
+        if not TEMPLATE_TEXT.match(literal) or spec:
+            raise ValueError(
+                f"{template!r}: a port name takes letters, digits, '.', '_' and '-' around "
+                "the placeholders, and no format specs"
+            )
+        if position and name is not None and not literal and parsed[position - 1][1]:
+            raise ValueError(
+                f"{template!r}: two placeholders side by side cannot be told apart "
+                "(host{pf}{vf} is host111 for both 1/11 and 11/1): put a '-' between them"
+            )
     unknown = fields - TEMPLATE_FIELDS
     if "" in fields or unknown:
         raise ValueError(

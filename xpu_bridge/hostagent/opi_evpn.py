@@ -101,7 +101,7 @@ class BridgePortClient:
         """opi-evpn-bridge has no handshake; the logical-bridge check follows."""
         return False
 
-    async def ping(self) -> bool:
+    async def ping(self) -> bool | None:
         raise PortError("opi-evpn-bridge has no heartbeat; its RPCs tell its health")
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:

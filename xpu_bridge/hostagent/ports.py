@@ -98,8 +98,9 @@ class HostAgent(PortAttacher, Protocol):
         when the agent was fresh (not initialized before: it started anew)."""
         ...
 
-    async def ping(self) -> bool:
-        """The heartbeat's verdict (capabilities.heartbeat); raises PortError if unreachable."""
+    async def ping(self) -> bool | None:
+        """The heartbeat's verdict (capabilities.heartbeat), None when the agent serves no
+        heartbeat; raises PortError if unreachable."""
         ...
 
     @property

@@ -82,13 +82,16 @@ class AgentCaller:
         rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Reply],
         request: Request,
         budget: Budget,
+        *,
+        retry: bool = True,
     ) -> Reply:
         """The first attempt goes straight out: Allocate sits inside pod admission, and the
-        retry machinery is only worth its cost once something failed."""
+        retry machinery is only worth its cost once something failed. A call that is not
+        idempotent passes retry=False."""
         try:
             return await self._once(method, rpc, request, budget)
         except grpc.aio.AioRpcError as error:
-            if not transient(error):
+            if not retry or not transient(error):
                 raise
         retrying = AsyncRetrying(
             retry=retry_if_exception(transient),

@@ -158,12 +158,16 @@ class VendorPluginClient:
         """A vendor plugin has no LogicalBridgeService; pools name VLANs instead."""
         return []
 
-    async def ping(self) -> bool:
+    async def ping(self) -> bool | None:
+        """Ping; None when the plugin does not serve HeartbeatService (dpu-operator's daemon
+        serves it, not every plugin), so that Init alone tells reachability."""
         request = vendor.PingRequest(timestamp=time.time_ns(), sender_id=SENDER_ID)
         budget = self._calls.budget(self._calls.config.rpc_timeout_seconds)
         try:
             reply = await self._calls.call("Ping", self._heartbeat.Ping, request, budget)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
             raise self._calls.failure("Ping", error) from None
         return reply.healthy
 
@@ -179,19 +183,22 @@ class VendorPluginClient:
         return reply.vf_cnt
 
     async def create_network_function(self, input_mac: str, output_mac: str) -> None:
-        await self._network_function("CreateNetworkFunction", input_mac, output_mac)
+        """Once: a vendor's Create need not be idempotent, so it is never retried."""
+        request = vendor.NFRequest(input=input_mac, output=output_mac)
+        rpc = self._functions.CreateNetworkFunction
+        try:
+            await self._calls.call(
+                "CreateNetworkFunction", rpc, request, self._calls.budget(), retry=False
+            )
+        except grpc.aio.AioRpcError as error:
+            what = f"CreateNetworkFunction {input_mac} -> {output_mac}"
+            raise self._calls.failure(what, error) from None
 
     async def delete_network_function(self, input_mac: str, output_mac: str) -> None:
-        await self._network_function("DeleteNetworkFunction", input_mac, output_mac)
-
-    async def _network_function(self, method: str, input_mac: str, output_mac: str) -> None:
-        rpc = (
-            self._functions.CreateNetworkFunction
-            if method == "CreateNetworkFunction"
-            else self._functions.DeleteNetworkFunction
-        )
         request = vendor.NFRequest(input=input_mac, output=output_mac)
+        rpc = self._functions.DeleteNetworkFunction
         try:
-            await self._calls.call(method, rpc, request, self._calls.budget())
+            await self._calls.call("DeleteNetworkFunction", rpc, request, self._calls.budget())
         except grpc.aio.AioRpcError as error:
-            raise self._calls.failure(f"{method} {input_mac} -> {output_mac}", error) from None
+            what = f"DeleteNetworkFunction {input_mac} -> {output_mac}"
+            raise self._calls.failure(what, error) from None

@@ -118,14 +118,22 @@ class Allocator:
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _chain(self, resolved: list[list[PoolDevice]]) -> None:
-        """Each container's two ports, UP by now, become one network function."""
+        """Each container's two ports, UP by now, become one network function; on a failure
+        the functions this call made go again (and the failed one, if it may exist)."""
         if self._functions is None:
             return
+        made: list[FunctionPair] = []
         for first, second in resolved:
             pair = FunctionPair.of(first, second)
             try:
-                await self._functions.chain(pair)
+                if await self._functions.chain(pair):
+                    made.append(pair)
             except PortError as error:
+                if error.unreachable:  # a timed-out Create may have taken effect
+                    self._functions.adopt(pair)
+                    made.append(pair)
+                for undo in made:
+                    await self._functions.unchain(undo.input_id)
                 raise PortError(
                     f"network function {pair}: {error}", unreachable=error.unreachable
                 ) from None

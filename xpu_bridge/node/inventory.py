@@ -53,15 +53,12 @@ class PhysicalFunction:
 
 @dataclass(frozen=True, slots=True)
 class Inventory:
-    """One scan's result; `problems` lists entries skipped or read only in part. `pfs` are
-    sorted by PCI address: a PF's position among them is its index in port names."""
+    """One scan's result; `problems` lists entries skipped or read only in part; `pfs` are
+    sorted by PCI address."""
 
     devices: tuple[Device, ...] = ()
     problems: tuple[str, ...] = ()
     pfs: tuple[PhysicalFunction, ...] = ()
-
-    def pf_positions(self) -> dict[str, int]:
-        return {pf.address: position for position, pf in enumerate(self.pfs)}
 
 
 def aux_type(name: str) -> str | None:

@@ -1,8 +1,8 @@
 """Network functions (DPU side): which device pairs are chained, and chaining or unchaining them.
 
-A container of a network-function pool takes two devices; their ports' MACs, in the order of
-the kubelet's device IDs, are the function's input and output. Without a state file the pairs
-are rebuilt at start from PodResources (both devices held by one container).
+A container of a network-function pool takes two devices; their ports' MACs are the function's
+input (the lower device ID) and output. Without a state file the pairs are rebuilt from
+PodResources (both devices held by one container).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from xpu_bridge.common.pci import mac_text
-from xpu_bridge.hostagent.ports import NetworkFunctionAgent
+from xpu_bridge.hostagent.ports import NetworkFunctionAgent, PortError
 from xpu_bridge.node.pool import PoolDevice
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,10 @@ DEVICES_PER_FUNCTION = 2
 
 @dataclass(frozen=True, slots=True)
 class FunctionPair:
+    """Input and output of one function: the lower device ID is the input. A fixed order, not
+    the kubelet's: its device order is not kept across Allocate, reuse and PodResources, and
+    the pair must be the same when it is deleted, even after a restart."""
+
     input_id: str
     output_id: str
     input_mac: str
@@ -28,14 +32,16 @@ class FunctionPair:
 
     @classmethod
     def of(cls, first: PoolDevice, second: PoolDevice) -> FunctionPair:
-        return cls(first.id, second.id, mac_text(first.spec.mac), mac_text(second.spec.mac))
+        low, high = sorted((first, second), key=lambda entry: entry.id)
+        return cls(low.id, high.id, mac_text(low.spec.mac), mac_text(high.spec.mac))
 
     def __str__(self) -> str:
         return f"{self.input_id} ({self.input_mac}) -> {self.output_id} ({self.output_mac})"
 
 
 class NetworkFunctions:
-    """The pairs this node has chained; raises PortError when the agent refuses a call."""
+    """The pairs this node has chained. chain() raises PortError when the agent refuses;
+    unchain() never does: a function that cannot be deleted must not keep its ports alive."""
 
     def __init__(self, agent: NetworkFunctionAgent | None) -> None:
         self._agent = agent
@@ -45,7 +51,7 @@ class NetworkFunctions:
         return self._pairs.get(device_id)
 
     def adopt(self, pair: FunctionPair) -> None:
-        """Recovery: a pair that PodResources shows one container holding."""
+        """A pair that PodResources shows one container holding (or one we chained)."""
         self._pairs[pair.input_id] = self._pairs[pair.output_id] = pair
 
     async def chain(self, pair: FunctionPair) -> bool:
@@ -53,7 +59,7 @@ class NetworkFunctions:
         if self._pairs.get(pair.input_id) == pair:
             return False
         if self._agent is None:
-            raise RuntimeError("network functions need the dpu-vendor-plugin backend")
+            raise PortError("network functions need hostAgent.api dpu-vendor-plugin")
         await self._agent.create_network_function(pair.input_mac, pair.output_mac)
         self.adopt(pair)
         log.info("network function %s created", pair)
@@ -64,7 +70,24 @@ class NetworkFunctions:
         pair = self._pairs.get(device_id)
         if pair is None or self._agent is None:
             return
-        await self._agent.delete_network_function(pair.input_mac, pair.output_mac)
-        self._pairs.pop(pair.input_id, None)
-        self._pairs.pop(pair.output_id, None)
-        log.info("network function %s deleted", pair)
+        try:
+            await self._agent.delete_network_function(pair.input_mac, pair.output_mac)
+        except PortError as error:
+            log.error("network function %s: delete failed: %s; its ports go anyway", pair, error)
+        else:
+            log.info("network function %s deleted", pair)
+        for member in (pair.input_id, pair.output_id):
+            if self._pairs.get(member) is pair:  # an Allocate may have chained it anew
+                del self._pairs[member]
+
+    async def rechain(self) -> None:
+        """After the agent restarted (it lost its functions with its state)."""
+        if self._agent is None:
+            return
+        for pair in set(self._pairs.values()):
+            try:
+                await self._agent.create_network_function(pair.input_mac, pair.output_mac)
+            except PortError as error:
+                log.error("network function %s: re-create failed: %s", pair, error)
+            else:
+                log.warning("network function %s re-created after the agent restarted", pair)

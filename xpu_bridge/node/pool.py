@@ -107,10 +107,7 @@ class DevicePool:
         device set changed. A device whose MAC the backend cannot use is listed Unhealthy."""
         if naming is not None:
             self.naming = naming
-        fresh = {
-            device.id: PoolDevice(device, port_spec(device, self.resource, self.naming))
-            for device in map(self._keep_mac, devices)
-        }
+        fresh = {device.id: self._entry(device) for device in map(self._keep_mac, devices)}
         self._known_ports.update((i, entry.spec.port_id) for i, entry in fresh.items())
         if fresh == self._devices:
             return False
@@ -123,9 +120,24 @@ class DevicePool:
         await self._bump()
         return True
 
+    def _entry(self, device: Device) -> PoolDevice:
+        """A device keeps the port ID it first had for the daemon's life: a name template's
+        {pf} can shift when a PF appears or vanishes, and a held port must not be renamed."""
+        spec = port_spec(device, self.resource, self.naming)
+        known = self._known_ports.get(device.id)
+        if known is not None and known != spec.port_id:
+            spec = replace(spec, port_id=known, mac=self.naming.mac(known, device.mac))
+        return PoolDevice(device, spec)
+
     def unusable_reason(self, device_id: str) -> str | None:
-        """Why the backend cannot attach this device at all (no usable MAC), or None."""
+        """Why the backend cannot attach this device at all (no usable MAC, a port name that
+        another device has), or None."""
         return self._unusable.get(device_id)
+
+    async def mark_unusable(self, device_id: str, reason: str) -> None:
+        if device_id in self._devices and self._unusable.get(device_id) != reason:
+            self._unusable[device_id] = reason
+            await self._bump()
 
     async def adopt_mac(self, device_id: str, mac: bytes) -> None:
         """At start-up, a held port's MAC wins over one derived because sysfs showed none."""

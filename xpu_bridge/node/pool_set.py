@@ -34,6 +34,7 @@ class PoolSet:
         """`naming` is the backend's, as of the last scan (PF positions can change)."""
         self._pools = {pool.resource_name: pool for pool in pools}
         self.naming: PortNaming = naming or (pools[0].naming if pools else OpiPortIds())
+        self._owners: dict[str, str] = {}
 
     @classmethod
     async def build(cls, config: Config, assignment: Assignment, naming: PortNaming) -> PoolSet:
@@ -43,7 +44,25 @@ class PoolSet:
             pool = DevicePool(name, resource, naming)
             await pool.replace_devices(assignment.pools.get(name, ()))
             pools.append(pool)
-        return cls(pools, naming)
+        built = cls(pools, naming)
+        await built.claim_names()
+        return built
+
+    async def claim_names(self) -> None:
+        """A port ID belongs to the first device that had it, for the daemon's life; another
+        device named alike (a shifted {pf}, a template that cannot tell two apart) is refused,
+        so that no two devices ever share a port."""
+        for pool in self._pools.values():
+            for entry in pool.devices():
+                owner = self._owners.setdefault(entry.spec.port_id, entry.id)
+                if owner != entry.id:
+                    await pool.mark_unusable(
+                        entry.id,
+                        f"device {entry.id}: its port name {entry.spec.port_id} belongs to "
+                        f"device {owner} (PFs appeared or vanished, or the name template "
+                        "cannot tell them apart): fix hostAgent.portNameTemplate or restart "
+                        "xpu-bridge once neither device is held",
+                    )
 
     def __iter__(self) -> Iterator[DevicePool]:
         return iter(self._pools.values())

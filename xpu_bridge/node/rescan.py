@@ -31,8 +31,8 @@ async def scan(config: Config, sysfs_root: Path) -> Scan:
     inventory = await asyncio.to_thread(discover, sysfs_root)
     for problem in inventory.problems:
         log.warning("sysfs: %s", problem)
-    naming = port_naming(config, inventory.pf_positions())
-    return Scan(inventory, assign(config, inventory.devices), naming)
+    assignment = assign(config, inventory.devices)
+    return Scan(inventory, assignment, port_naming(config, assignment.pf_positions()))
 
 
 class Rescanner:
@@ -64,7 +64,9 @@ class Rescanner:
         for pool in self.pools:
             before = {entry.id for entry in pool.devices()}
             devices = assignment.pools.get(pool.resource_name, ())
-            if await pool.replace_devices(devices, found.naming):
+            changed = await pool.replace_devices(devices, found.naming)
+            await self.pools.claim_names()
+            if changed:
                 after = {entry.id for entry in pool.devices()}
                 log.info(
                     "pool %s: +%s -%s",

@@ -20,6 +20,12 @@ class Assignment:
     unmatched: tuple[Device, ...]
     conflicts: tuple[str, ...]
 
+    def pf_positions(self) -> dict[str, int]:
+        """Each PF with a device in a pool, by its position in PCI address order: what {pf}
+        is in a vendor plugin's port names (0 on a node with one such PF, as dpu-operator)."""
+        pfs = sorted({d.pf_address for members in self.pools.values() for d in members})
+        return {pf: position for position, pf in enumerate(pfs)}
+
 
 def _shown(value: object) -> str:
     return "(none)" if value is None else str(value)

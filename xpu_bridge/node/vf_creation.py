@@ -1,4 +1,5 @@
-"""VF creation: make each configured PF have `numVfs` VFs at start, never under a held VF.
+"""VF creation: make each configured PF have `numVfs` VFs at start, never under a held VF
+(held by any container, under any resource name that PodResources lists).
 
 The kernel changes a PF's VF count only through 0 (write 0, then the new count), which takes
 every VF away for a moment, so a PF with a VF that a container holds is left as it is. A
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from xpu_bridge.common.pci import PCI_ADDRESS
 from xpu_bridge.config import Config, PfConfig
+from xpu_bridge.hostagent.ports import PortError
 from xpu_bridge.node.inventory import Inventory, PhysicalFunction, discover
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ class VfCreator:
 
     async def apply(self, plan: VfPlan, inventory: Inventory, held: set[str] | None) -> int:
         """Change every PF of the plan that no container holds a VF of (`held`: None when
-        PodResources cannot tell, which changes nothing); returns how many changed."""
+        PodResources cannot tell, which leaves every PF that has VFs as it is); returns how
+        many changed."""
         for problem in plan.problems:
             log.error("VF creation: %s", problem)
         done: list[VfChange] = []
@@ -94,7 +97,7 @@ class VfCreator:
                 for d in inventory.devices
                 if d.kind == "vf" and d.pf_address == change.pf.address and held and d.id in held
             )
-            if held is None or holders:
+            if change.current and (held is None or holders):
                 why = (
                     "PodResources cannot tell who holds its VFs"
                     if held is None
@@ -102,7 +105,17 @@ class VfCreator:
                 )
                 log.error("VF creation: %s: %s: left as it is: %s", change.where, change, why)
                 continue
-            await self._change(change)
+            try:
+                await self._change(change)
+            except (PortError, OSError, ValueError) as error:
+                cause = error.strerror if isinstance(error, OSError) and error.strerror else error
+                log.error(
+                    "VF creation: %s: %s: failed: %s (is /sys mounted writable?)",
+                    change.where,
+                    change,
+                    cause,
+                )
+                continue
             done.append(change)
         if done:
             await self._wait_for(done)
@@ -115,19 +128,20 @@ class VfCreator:
             if made != change.wanted:
                 log.warning("VF creation: %s: asked for %d, got %d", change, change.wanted, made)
             return
-        path = self._numvfs_path(change.pf.address)
-        await asyncio.to_thread(_write_numvfs, path, change.current, change.wanted)
-        log.info("VF creation: %s: wrote %s", change, path)
+        device = self._numvfs_path(change.pf.address)
+        await asyncio.to_thread(_write_numvfs, device, change.current, change.wanted)
+        log.info("VF creation: %s: wrote %s/sriov_numvfs", change, device)
 
     def _numvfs_path(self, address: str) -> Path:
-        """`<root>/bus/pci/devices/<pf>/sriov_numvfs`, refused if it resolves elsewhere."""
+        """The PF's device directory under the root; refused if it resolves elsewhere. The
+        file in it is opened without following a link (see _write_numvfs)."""
         if not PCI_ADDRESS.match(address):
             raise ValueError(f"{address!r} is not a PCI address")
         root = os.path.realpath(self._root)
         device = os.path.realpath(os.path.join(root, "bus/pci/devices", address))
         if not device.startswith(root.rstrip("/") + "/"):
             raise ValueError(f"PF {address} resolves outside --sysfs-root ({device})")
-        return Path(device) / "sriov_numvfs"
+        return Path(device)
 
     async def _wait_for(self, changes: list[VfChange]) -> None:
         """The kernel (or the plugin) makes VFs asynchronously: wait until discovery sees
@@ -150,7 +164,17 @@ class VfCreator:
             await asyncio.sleep(APPEAR_POLL)
 
 
-def _write_numvfs(path: Path, current: int, wanted: int) -> None:
-    if current and wanted:
-        path.write_text("0")
-    path.write_text(str(wanted))
+def _write_numvfs(device: Path, current: int, wanted: int) -> None:
+    """Write through a descriptor of the (resolved) device directory, never through a link."""
+    folder = os.open(device, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for value in ("0", str(wanted)) if current and wanted else (str(wanted),):
+            handle = os.open(
+                "sriov_numvfs", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder
+            )
+            try:
+                os.write(handle, value.encode())
+            finally:
+                os.close(handle)
+    finally:
+        os.close(folder)

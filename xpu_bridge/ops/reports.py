@@ -13,7 +13,7 @@ from xpu_bridge.config import Config
 from xpu_bridge.hostagent.port_names import PortNaming, port_naming
 from xpu_bridge.node.inventory import Device, discover
 from xpu_bridge.node.pool import function_ref
-from xpu_bridge.node.selection import PoolMatcher
+from xpu_bridge.node.selection import PoolMatcher, assign
 from xpu_bridge.node.vf_creation import VfPlan, plan_vfs
 from xpu_bridge.ops.state import DebugState
 
@@ -39,7 +39,11 @@ def _pool_of(matcher: PoolMatcher | None, device: Device) -> tuple[str | None, s
 def inventory_report(sysfs_root: Path, config: Config | None, as_json: bool) -> str:
     found = discover(sysfs_root)
     matcher = PoolMatcher(config) if config is not None else None
-    naming = port_naming(config, found.pf_positions()) if config is not None else None
+    naming = (
+        port_naming(config, assign(config, found.devices).pf_positions())
+        if config is not None
+        else None
+    )
     entries = [(device, *_pool_of(matcher, device)) for device in found.devices]
     ports = {device.id: _port(naming, device) for device in found.devices}
     plan = plan_vfs(config, found) if config is not None else None

@@ -53,6 +53,11 @@ class HeldPortMap:
         self._stale = stale
         return held
 
+    async def read_all(self) -> HeldDevices:
+        """Every device any container holds, whoever's resource it is (VF creation must not
+        take a VF from a pod of another device plugin)."""
+        return await self._source.held(lambda resource: True)
+
     def port_ids(self, held: HeldDevices) -> HeldPorts:
         port_ids: set[str] = set()
         unmapped: set[str] = set()

@@ -12,6 +12,7 @@ from xpu_bridge.release.gate import ReleaseGate
 from xpu_bridge.release.held import HeldPortMap
 from xpu_bridge.release.owned import OwnedPorts
 from xpu_bridge.release.releaser import PortReleaser
+from xpu_bridge.release.sweep import assumed_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class ReleaseHook:
         if owned is None:
             return ReleaseResult(False, f"device {device_id}: host agent unreachable")
         port = owned.get(owner.entry.spec.port_id)
+        if port is None and not self._owned.agent.capabilities.lists_ports:
+            port = assumed_port(owner.entry.spec)  # we cannot know: Delete by name is harmless
         if port is None:
             return ReleaseResult(True, f"device {device_id} has no port on the xPU")
         if port.oper is OperStatus.TO_BE_DELETED:

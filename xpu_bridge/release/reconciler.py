@@ -25,7 +25,7 @@ from xpu_bridge.release.guards import POD_RESOURCES_UNREADABLE, HoldBack, Releas
 from xpu_bridge.release.held import HeldPortMap, HeldPorts, adopt_held_macs
 from xpu_bridge.release.hook import ReleaseHook
 from xpu_bridge.release.owned import OwnedPorts
-from xpu_bridge.release.recovery import RecoveryParts, recover
+from xpu_bridge.release.recovery import RecoveryParts, adopt_function_pairs, recover
 from xpu_bridge.release.releaser import PortReleaser
 from xpu_bridge.release.repair import PortRepair
 from xpu_bridge.release.stats import ReleaseStats
@@ -75,6 +75,8 @@ class Reconciler:
         self._stuck = StuckDeletes(agent, leases)
         self._repair = PortRepair(agent, owned, leases, self.stats, clock)
         self._agent_was_down = False
+        self._agent_restarted = False
+        self._rechain_due = False
 
     @property
     def pools(self) -> PoolSet:
@@ -133,13 +135,20 @@ class Reconciler:
             self.gate.forget()
             return
         await adopt_held_macs(self.pools, held, owned)
+        adopt_function_pairs(self.pools, held, self.parts.functions)
+        if self._rechain_due:  # the pass after the one that made the ports again
+            self._rechain_due = False
+            await self.parts.functions.rechain()
+        self._rechain_due, self._agent_restarted = self._agent_restarted, False
         self._repair.start(held, owned, self.pools, self._after_outage())
         await self._stuck.resend(owned, self.pools.by_port_id(), snapshot_at)
         await self._release(owned, self.held.port_ids(held), snapshot_at)
 
-    def note_outage(self) -> None:
-        """The heartbeat saw the agent fail, report itself unhealthy or restart."""
+    def note_outage(self, restarted: bool) -> None:
+        """The heartbeat saw the agent fail, report itself unhealthy or restart (then it lost
+        its network functions too)."""
         self._agent_was_down = True
+        self._agent_restarted = self._agent_restarted or restarted
 
     def _after_outage(self) -> str | None:
         """An agent that cannot list may have lost its ports while it was away: every held
@@ -155,7 +164,7 @@ class Reconciler:
         by_port = self.pools.by_port_id()
         sweep = self.parts.sweep
         if not sweep.seeded and not self.owned.agent.capabilities.lists_ports:
-            sweep.seed(self.pools, held.port_ids, set(owned))
+            sweep.seed(self.pools, set(owned))
         for port_id in set(sweep.pending) & set(owned):
             sweep.done(port_id)  # allocated since start: an owned port like any other
         ports = {**sweep.pending, **owned}

@@ -50,7 +50,7 @@ async def recover(parts: RecoveryParts, now: float) -> None:
     if not owned_ports.agent.capabilities.lists_ports:
         await _ensure_held(pools, held, owned_ports)
         owned = await owned_ports.refresh() or {}
-        parts.sweep.seed(pools, held_ports, set(owned))
+        parts.sweep.seed(pools, set(owned))
         log.info(
             "start-up recovery: %d held port(s) ensured by name, %d device(s) to sweep "
             "(the agent cannot list its ports)",
@@ -76,8 +76,9 @@ def adopt_function_pairs(pools: PoolSet, held: HeldDevices, functions: NetworkFu
             entries = [entry for device_id in ids if (entry := pool.get(device_id))]
             if len(entries) == DEVICES_PER_FUNCTION:
                 pair = FunctionPair.of(*entries)
-                functions.adopt(pair)
-                log.info("start-up recovery: network function %s of %s", pair, holder)
+                if functions.pair_of(pair.input_id) != pair:
+                    functions.adopt(pair)
+                    log.info("network function %s of %s adopted", pair, holder)
 
 
 async def _ensure_held(pools: PoolSet, held: HeldDevices, owned: OwnedPorts) -> None:

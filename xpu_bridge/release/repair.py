@@ -73,7 +73,7 @@ class PortRepair:
                 entry = pool.get(device_id)
                 if entry is None or entry.id in self._repairing:
                     continue
-                if self._leases.is_attaching(device_id):
+                if self._leases.is_attaching(device_id) or pool.unusable_reason(device_id):
                     continue
                 port = owned.get(entry.spec.port_id)
                 problem = everything or self._problem(port, entry)

@@ -25,19 +25,21 @@ def assumed_port(spec: PortSpec) -> PortState:
 
 class StartupSweep:
     """Port IDs still to be swept; empty on an agent that lists its ports. It is seeded once,
-    by recovery or, when PodResources could not be read then, by the first pass that can."""
+    by recovery or, when PodResources could not be read then, by the first pass that can,
+    with every device of our pools whose port we do not know: a held one is swept once no
+    container holds it (its port may exist from before, though we could not adopt it)."""
 
     def __init__(self) -> None:
         self.pending: dict[str, PortState] = {}
         self.seeded = False
 
-    def seed(self, pools: PoolSet, held_port_ids: set[str], known: set[str]) -> None:
+    def seed(self, pools: PoolSet, known: set[str]) -> None:
         self.seeded = True
         self.pending = {
             entry.spec.port_id: assumed_port(entry.spec)
             for pool in pools
             for entry in pool.devices()
-            if entry.spec.port_id not in held_port_ids | known
+            if entry.spec.port_id not in known
         }
 
     def done(self, port_id: str) -> None:
