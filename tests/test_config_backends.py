@@ -78,12 +78,12 @@ def test_a_vlan_outside_2_to_4094_is_a_config_error(vlan: int) -> None:
         ),
         pytest.param(
             vsp(resourceList__0__bridgePort={"vlan": 10, "type": "trunk"}),
-            "resourceList[0].bridgePort: a VLAN port is an access port",
+            "resourceList[0].bridgePort.type: a VLAN port is an access port",
             id="trunk vlan",
         ),
         pytest.param(
             vsp(hostAgent={"api": "dpu-vendor-plugin", "endpoint": "10.0.0.1:50051"}),
-            "hostAgent: a dpu-vendor-plugin listens on a unix socket",
+            "hostAgent.endpoint: a dpu-vendor-plugin listens on a unix socket",
             id="vendor plugin over tcp",
         ),
         pytest.param(
@@ -138,7 +138,7 @@ def test_a_vlan_outside_2_to_4094_is_a_config_error(vlan: int) -> None:
         ),
         pytest.param(
             vsp(pfs=[{"pfName": "ens1f0", "pciAddress": "0000:3b:00.0", "numVfs": 4}]),
-            "pfs[0]: name the PF by pfName or by pciAddress (one of them)",
+            "pfs[0].pfName: name the PF by pfName or by pciAddress (one of them)",
             id="PF named twice",
         ),
         pytest.param(

@@ -132,7 +132,7 @@ def test_release_guards(
 ) -> None:
     guards = ReleaseGuards(holdoff)
     if started_at is not None:
-        guards.start(started_at)
+        guards.start(started_at, "the kubelet socket is 3s old")
     for now, confirmed, owned, expected in steps:
         held_back = guards.check(confirmed, owned, now, kubelet_restarted_at)
         assert (held_back.guard if held_back else None) == expected, (now, confirmed, owned)
@@ -149,7 +149,7 @@ def test_mass_release_why_counts_the_ports() -> None:
 
 def test_holdoff_reason_ignores_mass_and_counts() -> None:
     guards = ReleaseGuards(10)
-    guards.start(0.0)
+    guards.start(0.0, "the kubelet socket is 3s old")
     reason = guards.holdoff_reason(4.0, None)
     assert reason is not None and reason.guard == STARTUP
     assert reason.why.startswith("started 4s ago")
@@ -184,7 +184,7 @@ def test_a_candidate_that_disappears_starts_over() -> None:
 def test_a_guard_up_admits_nothing_and_counts_each_held_pass() -> None:
     stats = ReleaseStats()
     guards = ReleaseGuards(10)
-    guards.start(0.0)
+    guards.start(0.0, "the kubelet socket is 3s old")
     release = ReleaseGate(guards, stats, lambda: None)
     assert release.admit({"a"}, 4, 1.0) == set()
     assert stats.held_back[STARTUP] == 0  # nothing confirmed yet: nothing held back

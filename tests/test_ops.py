@@ -15,7 +15,7 @@ from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.kubelet.endpoint import socket_name
 from xpu_bridge.ops.metrics import package_version
-from xpu_bridge.sim.kubelet import Container
+from xpu_bridge.sim.kubelet import AdmissionError, Container
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
@@ -187,3 +187,57 @@ async def test_healthz_fails_when_a_daemon_loop_dies(ops_node: Node) -> None:
     status, body = await http_get(daemon.ops.port, "/healthz")
     assert status == 503
     assert body == "reconciler loop stopped: RuntimeError('boom')\n"
+
+
+async def test_a_run_of_failing_creates_makes_the_node_not_ready(ops_node: Node) -> None:
+    ops_node.raw_config["hostAgent"]["failingCreatesUnready"] = 3
+    daemon = await ops_node.start_daemon()
+    port = daemon.ops.port
+    await eventually(lambda: daemon.status.not_ready() is None)
+    ops_node.agent.set_error_rate(
+        "CreateBridgePort", 1.0, grpc.StatusCode.INVALID_ARGUMENT, "simulated refusal"
+    )
+    for index in range(3):
+        with pytest.raises(AdmissionError):
+            await ops_node.kubelet.admit_pod(f"p{index}", containers=[Container("c", {RED: 1})])
+    reason = daemon.status.not_ready()
+    assert (
+        reason is not None and "refuses ports: the last 3 CreateBridgePort calls failed" in reason
+    )
+    assert "INVALID_ARGUMENT" in reason
+    status, body = await http_get(port, "/readyz")
+    assert status == 503 and "refuses ports" in body
+    assert value(await scrape(port), "xpu_bridge_host_agent_failing_creates") == 3
+    ops_node.agent.clear_faults()
+    await ops_node.kubelet.admit_pod("ok", containers=[Container("c", {RED: 1})])
+    assert daemon.status.not_ready() is None
+    assert value(await scrape(port), "xpu_bridge_host_agent_failing_creates") == 0
+
+
+async def test_debug_state_answers_loopback_only_unless_told_otherwise(ops_node: Node) -> None:
+    daemon = await ops_node.start_daemon()
+    assert (await http_get(daemon.ops.port, "/debug/state"))[0] == 200  # from 127.0.0.1
+    refused = daemon.ops.route("GET", "/debug/state", local=False)
+    assert refused.status == 403 and b"loopback only" in refused.body
+    assert daemon.ops.route("GET", "/metrics", local=False).status == 200
+    assert daemon.ops.route("GET", "/readyz", local=False).status in (200, 503)
+
+
+@pytest.mark.parametrize(
+    ("peer", "local"),
+    [
+        (("127.0.0.1", 5000), True),
+        (("127.8.9.10", 5000), True),
+        (("::1", 5000, 0, 0), True),
+        (("::ffff:127.0.0.1", 5000, 0, 0), True),
+        (("10.0.0.7", 5000), False),
+        (("::ffff:10.0.0.7", 5000, 0, 0), False),
+        (("fe80::1%eth0", 5000, 0, 2), False),
+        (None, False),
+        ("garbage", False),
+    ],
+)
+def test_who_counts_as_loopback(peer: object, local: bool) -> None:
+    from xpu_bridge.ops.http import _loopback
+
+    assert _loopback(peer) is local

@@ -110,7 +110,9 @@ MakeRig = Callable[..., Awaitable[Rig]]
 async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
     made: list[Rig] = []
 
-    async def make(red: list[Device] | None = None, **settings: Any) -> Rig:
+    async def make(
+        red: list[Device] | None = None, kubelet_age: float | None = None, **settings: Any
+    ) -> Rig:
         config = node_config(**settings)
         pools = PoolSet(
             [
@@ -126,7 +128,17 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         leases = DeviceLeases(config.release.grace_seconds, clock)
         health = AgentHealth(config.host_agent.unhealthy_after_seconds)
         devinfo = DevInfoStore(tmp_path / "devinfo")
-        reconciler = Reconciler(config, pools, leases, agent, health, held, devinfo, lambda: None)
+        reconciler = Reconciler(
+            config,
+            pools,
+            leases,
+            agent,
+            health,
+            held,
+            devinfo,
+            lambda: None,
+            kubelet_age=lambda: kubelet_age,
+        )
         rig = Rig(config, reconciler, agent, held, clock, leases, health, pools, devinfo)
         made.append(rig)
         return rig
@@ -304,6 +316,30 @@ async def test_only_our_ports_are_released_even_of_devices_gone(rig: Rig) -> Non
     assert rig.agent.deleted == [PORTS + gone]
     assert foreign in rig.agent.ports
     assert rig.reconciler.stats.releases == {("unknown", "unheld"): 1}
+
+
+@pytest.mark.parametrize(
+    ("kubelet_age", "held", "holds_back"),
+    [
+        pytest.param(None, True, True, id="no kubelet socket at start"),
+        pytest.param(30.0, True, True, id="kubelet socket younger than the hold-off"),
+        pytest.param(86400.0, True, False, id="kubelet up for a day"),
+        pytest.param(86400.0, False, True, id="up for a day, but PodResources shows none of ours"),
+    ],
+)
+async def test_the_start_up_hold_off_only_when_the_kubelet_may_have_restarted(
+    make_rig: MakeRig, kubelet_age: float | None, held: bool, holds_back: bool
+) -> None:
+    rig = await make_rig(holdoff=120, kubelet_age=kubelet_age)
+    rig.add_port(FREE)
+    rig.add_port(HELD)
+    if held:
+        rig.held.hold(RED, HELD)
+    await rig.reconciler.recover()
+    await rig.passes(2)
+    assert (rig.reconciler.gate.holdoff_reason(rig.clock()) is not None) is holds_back
+    deleted = [rig.port_name(FREE)] + ([] if held else [rig.port_name(HELD)])
+    assert rig.agent.deleted == ([] if holds_back else deleted)
 
 
 async def test_the_start_up_hold_off_holds_every_release(make_rig: MakeRig) -> None:

@@ -212,6 +212,7 @@ async def test_missing_client_certificate_is_refused_and_names_the_endpoint(
 ) -> None:
     error = await _refused(_config(mtls_agent.target, _files(pki.ca), **FAST))
     assert mtls_agent.target in str(error)
+    assert f"the TLS handshake with {mtls_agent.target} failed: check hostAgent.tls" in str(error)
     assert error.unreachable
     assert mtls_agent.calls["CreateBridgePort"] == 0
 
@@ -234,6 +235,7 @@ async def test_client_trusting_another_ca_refuses_the_agent(
     files = _files(pki.other_ca, pki.client_cert, pki.client_key)
     error = await _refused(_config(mtls_agent.target, files, **FAST))
     assert mtls_agent.target in str(error)
+    assert f"the TLS handshake with {mtls_agent.target} failed" in str(error)
     assert mtls_agent.calls["CreateBridgePort"] == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from xpu_bridge.common.loops import loop_time
 from xpu_bridge.config import Config
 from xpu_bridge.hostagent.health import AgentHealth
 from xpu_bridge.hostagent.heartbeat import Heartbeat
@@ -27,15 +28,28 @@ class Backend:
     vfs: VfCreator
     functions: NetworkFunctions
 
+    @property
+    def endpoint(self) -> str:
+        return self.client.endpoint
+
+    def up(self) -> bool:
+        return self.health.up(loop_time())
+
+    def not_ready(self) -> str | None:
+        return self.health.not_ready(loop_time())
+
+    def failing_creates(self) -> int:
+        return self.health.failing_creates
+
     @classmethod
     def connect(cls, config: Config, metrics: Metrics, sysfs_root: Path) -> Backend:
         agent = config.host_agent
-        health = AgentHealth(agent.unhealthy_after_seconds)
+        health = AgentHealth(agent.unhealthy_after_seconds, agent.failing_creates_unready)
 
         def observe(method: str, code: str, seconds: float) -> None:
             """Every call feeds the metrics and the agent's health (Allocates included)."""
             metrics.observe_opi(method, code, seconds)
-            health.observe(code)
+            health.observe(code, method)
 
         if not config.vendor_plugin:
             client = BridgePortClient(agent, observer=observe)

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="0.0.0.0:9109",
         help="host:port for /metrics, /healthz, /readyz, /debug/state; '' disables",
     )
+    run.add_argument(
+        "--debug-state-remote",
+        action="store_true",
+        help="answer /debug/state (every pod's devices and ports) beyond loopback too",
+    )
     run.set_defaults(handler=run_command)
 
     inventory = commands.add_parser(
@@ -128,6 +133,7 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
         sysfs_root=existing_dir("--sysfs-root", args.sysfs_root),
         devinfo_dir=args.devinfo_dir,
         metrics_address=args.metrics_address or None,
+        debug_state_remote=args.debug_state_remote,
     )
 
 
@@ -252,5 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m xpu_bridge.cli` runs this file as __main__; the commands other modules add
+    # raise xpu_bridge.cli's exceptions, so run that module's main, not this copy's.
+    from xpu_bridge import cli
+
     with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+        sys.exit(cli.main())

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from xpu_bridge.backends import Backend
 from xpu_bridge.common.errors import StartupError
-from xpu_bridge.common.loops import LoopSupervisor, loop_time
+from xpu_bridge.common.loops import LoopSupervisor
 from xpu_bridge.config import Config
 from xpu_bridge.hostagent.ports import HostAgent
 from xpu_bridge.hostagent.startup import wait_until_usable
 from xpu_bridge.kubelet.endpoint import PluginEndpoint
+from xpu_bridge.kubelet.instance_lock import InstanceLock
 from xpu_bridge.kubelet.plugin_server import DevicePluginService
 from xpu_bridge.kubelet.pod_resources import PodResourcesClient, PodResourcesUnavailable
 from xpu_bridge.kubelet.registration import KubeletRegistrar
@@ -32,6 +33,7 @@ from xpu_bridge.node.vf_creation import plan_vfs
 from xpu_bridge.ops.http import OpsServer
 from xpu_bridge.ops.metrics import Metrics
 from xpu_bridge.ops.status import NodeStatus
+from xpu_bridge.paths import check_writable
 from xpu_bridge.release.hook_socket import ReleaseHookServer
 from xpu_bridge.release.reconciler import Reconciler
 
@@ -47,6 +49,7 @@ class DaemonOptions:
     devinfo_dir: Path = Path("/var/run/k8s.cni.cncf.io/devinfo/dp")
     registration_poll_seconds: float = 0.1
     metrics_address: str | None = None
+    debug_state_remote: bool = False
 
 
 class Daemon:
@@ -75,10 +78,8 @@ class Daemon:
             lambda: reconciler.owned.ports,
             registrar,
             reconciler.stats,
-            backend.client.endpoint,
-            lambda: backend.health.up(loop_time()),
+            backend,
             lambda: self.loops.broken,
-            backend.health.problem,
         )
         metrics.watch_state(self.status.snapshot)
         address = options.metrics_address
@@ -89,6 +90,7 @@ class Daemon:
                 self.status.not_live,
                 self.status.not_ready,
                 self.status.debug_state,
+                options.debug_state_remote,
             )
             if address
             else None
@@ -100,14 +102,21 @@ class Daemon:
     async def create(cls, options: DaemonOptions) -> Daemon:
         """Scan sysfs and build every part; raises StartupError when pools would overlap. The
         channels opened here are closed again if anything after them fails."""
+        directories = {"--kubelet-dir": options.kubelet_dir, "--devinfo-dir": options.devinfo_dir}
+        if options.config.release.hook_socket is not None:
+            directories["release.hookSocket"] = options.config.release.hook_socket.parent
+        check_writable(directories)
+        lock = InstanceLock(options.kubelet_dir)
+        lock.acquire()
         metrics = Metrics()
         backend = Backend.connect(options.config, metrics, options.sysfs_root)
         pod_resources = PodResourcesClient(options.pod_resources_socket)
         try:
-            return await cls._build(options, metrics, backend, pod_resources)
+            return await cls._build(options, metrics, backend, pod_resources, lock)
         except BaseException:
             await backend.client.close()
             await pod_resources.close()
+            lock.release()
             raise
 
     @classmethod
@@ -117,6 +126,7 @@ class Daemon:
         metrics: Metrics,
         backend: Backend,
         pod_resources: PodResourcesClient,
+        lock: InstanceLock,
     ) -> Daemon:
         config = options.config
         found = await scan(config, options.sysfs_root)
@@ -141,6 +151,7 @@ class Daemon:
             endpoints,
             options.registration_poll_seconds,
             on_registered=metrics.registered,
+            lock=lock,
         )
         reconciler = Reconciler(
             config,
@@ -152,12 +163,12 @@ class Daemon:
             devinfo,
             lambda: registrar.last_kubelet_restart,
             backend.functions,
+            registrar.kubelet.age,
         )
         if backend.heartbeat is not None:
             backend.heartbeat.on_outage = reconciler.note_outage
         for pool in pools:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
-        options.kubelet_dir.mkdir(parents=True, exist_ok=True)
         return cls(options, metrics, pools, backend, pod_resources, registrar, reconciler)
 
     @property
@@ -211,3 +222,4 @@ class Daemon:
         await self.pod_resources.close()
         if self.ops is not None:
             await self.ops.stop()
+        self.registrar.close()

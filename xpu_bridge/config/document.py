@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from xpu_bridge.config.base import StrictModel
+from xpu_bridge.config.base import StrictModel, field_error
 from xpu_bridge.config.host_agent import (
     DPU_VENDOR_PLUGIN,
     OPI_EVPN_BRIDGE,
@@ -64,12 +64,15 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _unique_resources(self) -> Config:
-        seen: set[str] = set()
-        for resource in self.resource_list:
+        seen: dict[str, int] = {}
+        for index, resource in enumerate(self.resource_list):
             full = self.full_resource_name(resource)
             if full in seen:
-                raise ValueError(f"resource {full} is configured twice")
-            seen.add(full)
+                raise field_error(
+                    ("resourceList", index, "resourceName"),
+                    f"resource {full} is configured twice (also resourceList[{seen[full]}])",
+                )
+            seen[full] = index
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xpu_bridge.common.addresses import parse_host_port, unix_socket_path
-from xpu_bridge.config.base import StrictModel
+from xpu_bridge.config.base import StrictModel, field_error
 
 AgentApi = Literal["opi-evpn-bridge", "dpu-vendor-plugin"]
 OPI_EVPN_BRIDGE: AgentApi = "opi-evpn-bridge"
@@ -31,7 +31,8 @@ class TLSConfig(StrictModel):
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("certFile and keyFile must be given together")
+            missing = "keyFile" if self.key_file is None else "certFile"
+            raise field_error(missing, "certFile and keyFile must be given together")
         return self
 
 
@@ -73,6 +74,8 @@ class HostAgentConfig(StrictModel):
     )
     port_name_template: str = Field(default="host{pf}-{vf}", alias="portNameTemplate")
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=300, alias="heartbeatSeconds")
+    failing_creates_unready: int = Field(default=5, ge=0, le=10_000, alias="failingCreatesUnready")
+    """This many CreateBridgePort failures in a row make the node not ready; 0 disables."""
 
     @model_validator(mode="before")
     @classmethod
@@ -115,14 +118,17 @@ class HostAgentConfig(StrictModel):
     def _consistent(self) -> HostAgentConfig:
         unix = unix_socket_path(self.endpoint) is not None
         if self.tls is not None and unix:
-            raise ValueError("tls applies to host:port endpoints only, not unix sockets")
+            raise field_error("tls", "tls applies to host:port endpoints only, not unix sockets")
         if self.api == DPU_VENDOR_PLUGIN and not unix:
-            raise ValueError(
+            raise field_error(
+                "endpoint",
                 "a dpu-vendor-plugin listens on a unix socket: set endpoint to "
-                f"{DEFAULT_ENDPOINTS[DPU_VENDOR_PLUGIN]} (or leave it out)"
+                f"{DEFAULT_ENDPOINTS[DPU_VENDOR_PLUGIN]} (or leave it out)",
             )
         if self.attach_timeout_seconds < self.rpc_timeout_seconds:
-            raise ValueError("attachTimeoutSeconds must be at least rpcTimeoutSeconds")
+            raise field_error(
+                "attachTimeoutSeconds", "attachTimeoutSeconds must be at least rpcTimeoutSeconds"
+            )
         return self
 
     @property

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, ScalarNode
 
-from xpu_bridge.config.base import ConfigError
+from xpu_bridge.config.base import FIELD_ERROR, ConfigError
 from xpu_bridge.config.document import (
     API_VERSION,
     SUPPORTED_API_VERSIONS,
@@ -20,6 +24,7 @@ from xpu_bridge.config.document import (
 
 # A message that names its own path (checks across sections), e.g. `resourceList[0].vlan: ...`.
 NAMES_ITS_PATH = re.compile(r"^[a-zA-Z]+(\[\d+\])?(\.[a-zA-Z]+(\[\d+\])?)*: ")
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -48,7 +53,10 @@ def _message(error: ErrorDetails) -> str:
 def validation_problems(error: ValidationError) -> list[str]:
     problems = []
     for details in error.errors():
-        where, message = _location(details["loc"]), _message(details)
+        loc = details["loc"]
+        if details["type"] == FIELD_ERROR:  # a check across fields names its field (base.py)
+            loc = (*loc, *details.get("ctx", {})["field"])
+        where, message = _location(loc), _message(details)
         lines = message.splitlines()
         if where == "(top level)" and all(NAMES_ITS_PATH.match(line) for line in lines):
             problems.extend(lines)
@@ -83,13 +91,130 @@ def load_config(path: Path) -> Config:
         raise ConfigError([f"cannot read: {error.strerror or error}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(["is not UTF-8 text"]) from None
+    return parse_config(_decode_json(text) if path.suffix == ".json" else _decode_yaml(text))
+
+
+class RepeatedKey(Exception):
+    """A mapping gives one key twice, where YAML and JSON readers keep the last value silently."""
+
+    def __init__(self, key: str, first_line: int, line: int) -> None:
+        super().__init__(f"key {key!r} appears twice (first at line {first_line})")
+        self.line = line
+
+
+class _UniqueKeys(SafeConstructor):
+    """Refuses a mapping that repeats a key. Building objects from the parsed nodes is Python
+    code for libyaml's loader too (only its parser is C), so this runs under both loaders."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_lines: dict[object, int] = {}
+        for key_node, _ in node.value:
+            # Keys that `<<: *base` merges in may be overridden; only the keys written count.
+            if not isinstance(key_node, ScalarNode) or key_node.tag == YAML_MERGE_TAG:
+                continue  # a collection as a key is refused by construct_mapping itself
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first_lines:
+                raise RepeatedKey(key_node.value, first_lines[key], line)
+            first_lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+class PureYamlLoader(_UniqueKeys, yaml.SafeLoader):
+    """The fallback, for a PyYAML built without libyaml."""
+
+
+if yaml.__with_libyaml__:
+
+    class CYamlLoader(_UniqueKeys, yaml.CSafeLoader):
+        """libyaml's parser, many times faster than the pure-Python one."""
+
+
+def yaml_loader() -> type[PureYamlLoader | CYamlLoader]:
+    """The C loader when PyYAML has libyaml, else the pure-Python one."""
+    return CYamlLoader if yaml.__with_libyaml__ else PureYamlLoader
+
+
+YAML_LOADER = yaml_loader()
+
+
+def _decode_yaml(text: str) -> object:
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        return yaml.load(text, Loader=YAML_LOADER)
+    except RepeatedKey as error:
+        raise ConfigError([f"not valid YAML at line {error.line}: {error}"]) from None
+    except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError([f"not valid YAML/JSON{line}: {_short(error)}"]) from None
-    return parse_config(raw)
+        raise ConfigError([f"not valid YAML{line}: {_short(error)}"]) from None
+
+
+class _RepeatedJsonKey(Exception):
+    """Raised by `_unique_pairs`, which sees an object's keys but not their lines."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} appears twice in one object")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise _RepeatedJsonKey(key)
+        mapping[key] = value
+    return mapping
+
+
+def _decode_json(text: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except json.JSONDecodeError as error:
+        raise ConfigError([f"not valid JSON: {_short(error)}"]) from None
+    except _RepeatedJsonKey as error:
+        # Found by the parser; the walk below, which only runs then, adds the two lines.
+        found = _find_repeated_json_key(text)
+        problem = f" at line {found.line}: {found}" if found else f": {error}"
+        raise ConfigError([f"not valid JSON{problem}"]) from None
+
+
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+JSON_SCALARS = json.JSONDecoder()
+
+
+def _find_repeated_json_key(text: str) -> RepeatedKey | None:
+    """The first key an object repeats, with its lines; object_pairs_hook sees keys, not lines.
+    json.loads has read the text up to that object's end, so the walk, which stops there,
+    takes the grammar as checked."""
+
+    def skip_space(pos: int) -> int:
+        return JSON_SPACE.match(text, pos).end()  # type: ignore[union-attr]  # `*` always matches
+
+    def line(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def walk(pos: int) -> int:
+        """Walk the value at `pos`; return where it ends."""
+        if text[pos] not in "{[":
+            return JSON_SCALARS.raw_decode(text, pos)[1]
+        closer = "}" if text[pos] == "{" else "]"
+        keys: dict[str, int] = {}
+        pos = skip_space(pos + 1)
+        while text[pos] != closer:
+            if closer == "}":
+                key, end = JSON_SCALARS.raw_decode(text, pos)
+                if key in keys:
+                    raise RepeatedKey(key, line(keys[key]), line(pos))
+                keys[key] = pos
+                pos = skip_space(skip_space(end) + 1)  # past the ':'
+            pos = skip_space(walk(pos))
+            if text[pos] == ",":
+                pos = skip_space(pos + 1)
+        return pos + 1
+
+    try:
+        walk(skip_space(0))
+    except RepeatedKey as found:
+        return found
+    return None
 
 
 def _short(error: Exception) -> str:

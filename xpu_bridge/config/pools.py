@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xpu_bridge.common.pci import HEX_ID, PCI_ADDRESS
-from xpu_bridge.config.base import StrictModel
+from xpu_bridge.config.base import StrictModel, field_error
 
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
@@ -91,6 +91,7 @@ class Selector(StrictModel):
     @model_validator(mode="after")
     def _not_empty(self) -> Selector:
         if all(getattr(self, name) is None for name in type(self).model_fields):
+            # No field to name: the empty mapping itself is the leaf at fault.
             raise ValueError("a selector needs at least one field (vendors, devices, ...)")
         return self
 
@@ -111,14 +112,17 @@ class BridgePortConfig(StrictModel):
     def _bridges_or_vlan(self) -> BridgePortConfig:
         if self.vlan is not None:
             if self.logical_bridges:
-                raise ValueError("give logicalBridges or vlan, not both")
+                raise field_error("vlan", "give logicalBridges or vlan, not both")
             if self.type != "access":
-                raise ValueError("a VLAN port is an access port: leave out type or set access")
+                raise field_error(
+                    "type", "a VLAN port is an access port: leave out type or set access"
+                )
             return self
         if self.type == "access" and len(self.logical_bridges) > 1:
-            raise ValueError("an access port needs exactly one logical bridge")
-        if len(set(self.logical_bridges)) != len(self.logical_bridges):
-            raise ValueError("logicalBridges lists a bridge twice")
+            raise field_error("logicalBridges", "an access port needs exactly one logical bridge")
+        for index, bridge in enumerate(self.logical_bridges):
+            if bridge in self.logical_bridges[:index]:
+                raise field_error(("logicalBridges", index), "logicalBridges lists a bridge twice")
         return self
 
     @property
@@ -179,7 +183,7 @@ class PfConfig(StrictModel):
     @model_validator(mode="after")
     def _one_way_to_name_it(self) -> PfConfig:
         if (self.pf_name is None) == (self.pci_address is None):
-            raise ValueError("name the PF by pfName or by pciAddress (one of them)")
+            raise field_error("pfName", "name the PF by pfName or by pciAddress (one of them)")
         return self
 
     @property

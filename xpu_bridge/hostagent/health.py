@@ -19,8 +19,12 @@ class AgentHealth:
     whatever other calls do meanwhile."""
 
     unhealthy_after: float
+    failing_creates_limit: int = 0
+    """This many CreateBridgePort failures in a row make the node not ready (0: never)."""
     down_since: float | None = None
     unhealthy_since: float | None = None
+    failing_creates: int = 0
+    last_create_failure: str = ""
 
     def record(self, reachable: bool, now: float) -> None:
         if reachable:
@@ -36,9 +40,16 @@ class AgentHealth:
         elif self.unhealthy_since is None:
             self.unhealthy_since = now
 
-    def observe(self, code: str) -> None:
-        """From the RPC observer: any answer but a transport failure means reachable."""
+    def observe(self, code: str, method: str = "") -> None:
+        """From the RPC observer: any answer but a transport failure means reachable; a run of
+        failing Creates means an agent that answers but cannot attach anything."""
         self.record(code not in TRANSPORT_FAILURES, loop_time())
+        if method == "CreateBridgePort":
+            if code == "OK":
+                self.failing_creates = 0
+            else:
+                self.failing_creates += 1
+                self.last_create_failure = code
 
     def _down_since(self) -> float | None:
         times = [t for t in (self.down_since, self.unhealthy_since) if t is not None]
@@ -57,6 +68,18 @@ class AgentHealth:
         if self.down_since is None and self.unhealthy_since is not None:
             return "reports itself unhealthy (heartbeat answered healthy=false)"
         return "unreachable"
+
+    def not_ready(self, now: float) -> str | None:
+        """Why the node should not get pods because of the agent, or None."""
+        if not self.up(now):
+            return self.problem()
+        limit = self.failing_creates_limit
+        if limit and self.failing_creates >= limit:
+            return (
+                f"refuses ports: the last {self.failing_creates} CreateBridgePort calls failed "
+                f"(last: {self.last_create_failure}; hostAgent.failingCreatesUnready {limit})"
+            )
+        return None
 
     def unhealthy_reason(self, now: float) -> str | None:
         """Why every device is Unhealthy now, or None."""

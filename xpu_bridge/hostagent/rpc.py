@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,6 +33,8 @@ REFUSED = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
+
+TLS_TROUBLE = re.compile(r"ssl|tls|handshake|certificate", re.IGNORECASE)
 
 Request = TypeVar("Request", bound=Message)
 Reply = TypeVar("Reply", bound=Message)
@@ -126,10 +129,23 @@ class AgentCaller:
             if self._observer is not None:
                 self._observer(method, code, loop.time() - started)
 
+    def _tls_trouble(self, details: str) -> bool:
+        """OpenSSL's words, or, over TLS, an agent that hung up before answering (what a
+        server that wants a client certificate does to a client without one)."""
+        if self.config.tls is None:
+            return False
+        return bool(TLS_TROUBLE.search(details)) or "Socket closed" in details
+
     def failure(self, what: str, error: grpc.aio.AioRpcError) -> PortError:
         """The message names the call, the agent's answer, and what the operator can check."""
         unreachable = error.code() in TRANSIENT
-        if unreachable:
+        if unreachable and self._tls_trouble(error.details() or ""):
+            hint = (
+                f"the TLS handshake with {self.endpoint} failed: check hostAgent.tls (caFile "
+                "must have signed the agent's certificate; an agent that wants a client "
+                "certificate needs certFile and keyFile)"
+            )
+        elif unreachable:
             hint = f"is the host agent running and reachable at {self.endpoint}?"
         elif error.code() in REFUSED:
             hint = f"the agent refused it: {self._refused_hint}"

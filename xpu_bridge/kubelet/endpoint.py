@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import grpc
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from xpu_bridge.common.sockets import prepare_socket
+from xpu_bridge.common.sockets import owner_only, prepare_socket
 from xpu_bridge.kubelet.plugin_server import DevicePluginService
 
 
@@ -33,9 +32,9 @@ class PluginEndpoint:
         prepare_socket(self.path, "device plugin socket", make_parent=False)
         server = grpc.aio.server()
         dp_grpc.add_DevicePluginServicer_to_server(self.service, server)
-        server.add_insecure_port(f"unix://{self.path}")
+        with owner_only():
+            server.add_insecure_port(f"unix://{self.path}")  # binds: the file is 0600 at once
         await server.start()
-        os.chmod(self.path, 0o600)
         self._inode = self.path.stat().st_ino
         self._server = server
         self.service.closing = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from xpu_bridge.common.loops import loop_time
@@ -11,6 +12,7 @@ from xpu_bridge.common.loops import loop_time
 log = logging.getLogger(__name__)
 
 KUBELET_SOCKET = "kubelet.sock"
+MISSING_WARNING_EVERY = 30.0
 
 
 class KubeletSocketWatch:
@@ -23,6 +25,7 @@ class KubeletSocketWatch:
         self.last_restart: float | None = None
         self._known: tuple[int, int] | None = None
         self._seen = False
+        self._warned_at: float | None = None
 
     def _identity(self) -> tuple[int, int] | None:
         try:
@@ -33,6 +36,24 @@ class KubeletSocketWatch:
 
     def present(self) -> bool:
         return self._known is not None
+
+    def warn_while_missing(self) -> None:
+        """A typo'd --kubelet-dir or a kubelet that never comes must not be silent."""
+        now = loop_time()
+        if self._warned_at is None or now - self._warned_at >= MISSING_WARNING_EVERY:
+            self._warned_at = now
+            log.warning(
+                "no kubelet socket at %s; waiting for the kubelet (is --kubelet-dir right?)",
+                self.path,
+            )
+
+    def age(self) -> float | None:
+        """Seconds since the kubelet created its socket, None if there is none."""
+        try:
+            created = os.stat(self.path).st_ctime
+        except OSError:
+            return None
+        return max(0.0, time.time() - created)
 
     def changed(self) -> bool:
         """Look again; True when the socket appeared, vanished or was replaced since."""

@@ -16,6 +16,7 @@ from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.common.errors import grpc_status_text
 from xpu_bridge.common.loops import keep_running, loop_time
 from xpu_bridge.kubelet.endpoint import PluginEndpoint
+from xpu_bridge.kubelet.instance_lock import InstanceLock
 from xpu_bridge.kubelet.kubelet_socket import KubeletSocketWatch
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,24 @@ class KubeletRegistrar:
         endpoints: list[PluginEndpoint],
         poll_interval: float = 0.1,
         on_registered: Callable[[str], None] | None = None,
+        lock: InstanceLock | None = None,
     ) -> None:
+        """`lock` is the kubelet directory's instance lock, held until close()."""
         self.kubelet = KubeletSocketWatch(kubelet_dir)
         self.endpoints = endpoints
         self.poll_interval = poll_interval
         self._on_registered = on_registered
         self._pending: set[str] = {e.resource_name for e in endpoints}
         self._backoff = RegisterBackoff()
+        self._lock = lock
         self._wake = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
         for endpoint in endpoints:
             endpoint.service.on_stream_lost = functools.partial(self.stream_lost, endpoint)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     @property
     def kubelet_socket(self) -> Path:
@@ -134,7 +142,10 @@ class KubeletRegistrar:
                     log.error("cannot serve %s again: %s; retrying", endpoint.path, error)
                     continue
                 self._pending.add(endpoint.resource_name)
-        if not self.kubelet.present() or not self._pending:
+        if not self.kubelet.present():
+            self.kubelet.warn_while_missing()
+            return
+        if not self._pending:
             return
         channel = grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}")
         try:

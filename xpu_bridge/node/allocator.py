@@ -184,9 +184,14 @@ class Allocator:
             if attachment is None or not attachment.created:
                 continue
             try:
-                await self._attacher.delete_port(attachment.port.name)
                 self._devinfo.remove(self.pool.resource_name, entry.id)
-            except (PortError, DevInfoError) as error:
+            except DevInfoError as error:
+                log.error("device %s: rollback: %s", entry.id, error)
+            try:
+                await self._attacher.delete_port(attachment.port.name)
+            except PortError as error:
+                # The port stays among those the agent lists (or the plugin client knows):
+                # no container holds it, so a release pass deletes it.
                 log.error(
                     "device %s: rollback could not delete port %s: %s (the reconciler will retry)",
                     entry.id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -25,7 +26,8 @@ READ_TIMEOUT = 5.0
 MAX_HEADER_LINES = 100
 MAX_LINE = 8192
 MAX_CONNECTIONS = 32
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}  # fmt: skip
 
 
@@ -46,8 +48,12 @@ class OpsServer:
         not_live: Callable[[], str | None],
         not_ready: Callable[[], str | None],
         state: Callable[[], DebugState],
+        remote_state: bool = False,
     ) -> None:
+        """/debug/state names every pod's devices and ports: it answers only clients on
+        loopback unless `remote_state` (--debug-state-remote)."""
         self.host, self.port = parse_host_port(address)
+        self._remote_state = remote_state
         self._metrics = metrics
         self._not_live = not_live
         self._not_ready = not_ready
@@ -68,7 +74,8 @@ class OpsServer:
             await self._server.wait_closed()
             self._server = None
 
-    def route(self, method: str, path: str) -> Response:
+    def route(self, method: str, path: str, local: bool = True) -> Response:
+        """`local`: the client is on loopback."""
         if method not in ("GET", "HEAD"):
             return Response(405, b"only GET\n")
         path = path.split("?", 1)[0]
@@ -81,6 +88,12 @@ class OpsServer:
             reason = self._not_ready()
             return Response(503, f"{reason}\n".encode()) if reason else Response(200, b"ready\n")
         if path == "/debug/state":
+            if not (local or self._remote_state):
+                return Response(
+                    403,
+                    b"/debug/state answers on loopback only (it names every pod's devices); "
+                    b"run `xpu-bridge status` on the node, or start with --debug-state-remote\n",
+                )
             body = json.dumps(self._state(), indent=2, sort_keys=True).encode() + b"\n"
             return Response(200, body, "application/json")
         return Response(404, b"try /metrics, /healthz, /readyz or /debug/state\n")
@@ -95,7 +108,10 @@ class OpsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                response, head_only = await asyncio.wait_for(self._respond(reader), READ_TIMEOUT)
+                local = _loopback(writer.get_extra_info("peername"))
+                response, head_only = await asyncio.wait_for(
+                    self._respond(reader, local), READ_TIMEOUT
+                )
             except (ValueError, asyncio.LimitOverrunError):
                 response, head_only = Response(431, b"request head too large\n"), False
             writer.write(
@@ -113,7 +129,7 @@ class OpsServer:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+    async def _respond(self, reader: asyncio.StreamReader, local: bool) -> tuple[Response, bool]:
         """Parse the request head (the whole head within READ_TIMEOUT) and route it."""
         parts = (await reader.readline()).decode("latin-1").split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -124,4 +140,17 @@ class OpsServer:
         else:
             return Response(431, b"too many header lines\n"), False
         method, path = parts[0], parts[1]
-        return self.route(method, path), method == "HEAD"
+        return self.route(method, path, local), method == "HEAD"
+
+
+def _loopback(peer: object) -> bool:
+    """Whether a TCP peer (host, port, ...) is on this machine's loopback."""
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

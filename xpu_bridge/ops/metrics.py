@@ -39,6 +39,7 @@ class StateSnapshot:
     releases: dict[tuple[str, str], int]
     held_back: dict[str, int]
     repairs: dict[str, int]
+    failing_creates: int = 0
 
 
 class _StateCollector(Collector):
@@ -61,6 +62,11 @@ class _StateCollector(Collector):
             "xpu_bridge_host_agent_up",
             "1 when the OPI host agent answered the last reconcile pass",
             value=1 if state.host_agent_up else 0,
+        )
+        yield GaugeMetricFamily(
+            "xpu_bridge_host_agent_failing_creates",
+            "CreateBridgePort calls that failed in a row (0 after one succeeds)",
+            value=state.failing_creates,
         )
         releases = CounterMetricFamily(
             "xpu_bridge_releases",

@@ -32,6 +32,21 @@ class ReleaseCounts(Protocol):
     def repairs(self) -> Mapping[str, int]: ...
 
 
+class AgentView(Protocol):
+    """The host agent as status needs it."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def up(self) -> bool: ...
+
+    def not_ready(self) -> str | None:
+        """Why the agent keeps the node from getting pods (down, refusing ports), or None."""
+        ...
+
+    def failing_creates(self) -> int: ...
+
+
 class NodeStatus:
     """Reads the running parts on demand; owns nothing but the `started` flag."""
 
@@ -42,20 +57,16 @@ class NodeStatus:
         owned: Callable[[], Mapping[str, PortState]],
         registration: RegistrationView,
         releases: ReleaseCounts,
-        agent_endpoint: str,
-        agent_up: Callable[[], bool],
+        agent: AgentView,
         broken: Callable[[], str | None],
-        agent_problem: Callable[[], str] = lambda: "unreachable",
     ) -> None:
         self._pools = pools
         self._leases = leases
         self._owned = owned
         self._registration = registration
         self._releases = releases
-        self._agent_endpoint = agent_endpoint
-        self._agent_up = agent_up
+        self._agent = agent
         self._broken = broken
-        self._agent_problem = agent_problem
         self.started = False
 
     def not_live(self) -> str | None:
@@ -69,8 +80,9 @@ class NodeStatus:
         missing = sorted(set(self._pools.names()) - self._registration.registered)
         if missing:
             return f"not registered with the kubelet: {', '.join(missing)}"
-        if not self._agent_up():
-            return f"host agent {self._agent_endpoint} {self._agent_problem()}"
+        problem = self._agent.not_ready()
+        if problem is not None:
+            return f"host agent {self._agent.endpoint} {problem}"
         return None
 
     def _attached(self, entry: PoolDevice, owned: Mapping[str, PortState]) -> bool:
@@ -91,10 +103,11 @@ class NodeStatus:
             counts.append(DeviceCounts(pool.resource_name, free, allocated, unhealthy))
         return StateSnapshot(
             devices=counts,
-            host_agent_up=self._agent_up(),
+            host_agent_up=self._agent.up(),
             releases=dict(self._releases.releases),
             held_back=dict(self._releases.held_back),
             repairs=dict(self._releases.repairs),
+            failing_creates=self._agent.failing_creates(),
         )
 
     def debug_state(self) -> DebugState:
@@ -103,7 +116,7 @@ class NodeStatus:
         registered = self._registration.registered
         not_ready = self.not_ready()
         return DebugState(
-            hostAgent={"endpoint": self._agent_endpoint, "reachable": self._agent_up()},
+            hostAgent={"endpoint": self._agent.endpoint, "reachable": self._agent.up()},
             kubeletRestarts=self._registration.kubelet_restarts,
             ready=not_ready is None,
             notReadyReason=not_ready,

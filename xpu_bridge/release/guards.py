@@ -29,18 +29,23 @@ class ReleaseGuards:
     def __init__(self, holdoff_seconds: float) -> None:
         self.holdoff = holdoff_seconds
         self.started_at = float("-inf")
+        self._startup_why = ""
         self._mass_since: float | None = None
 
-    def start(self, now: float) -> None:
-        """The daemon started now: the kubelet may have restarted with it."""
-        self.started_at = now
+    def start(self, now: float, kubelet_may_have_restarted: str | None) -> None:
+        """The daemon started now. If the kubelet may have restarted with it (why, in
+        operator terms), releases wait a hold-off; if not, they need not."""
+        if kubelet_may_have_restarted is not None:
+            self.started_at = now
+            self._startup_why = kubelet_may_have_restarted
 
     def holdoff_reason(self, now: float, kubelet_restarted_at: float | None) -> HoldBack | None:
         if now - self.started_at < self.holdoff:
             return HoldBack(
                 STARTUP,
-                f"started {now - self.started_at:.0f}s ago; the kubelet may have restarted "
-                f"with us, so no release for {self.holdoff:g}s (release.holdoffSeconds)",
+                f"started {now - self.started_at:.0f}s ago and {self._startup_why}, so the "
+                f"kubelet may have restarted with us: no release for {self.holdoff:g}s "
+                "(release.holdoffSeconds)",
             )
         if kubelet_restarted_at is not None and now - kubelet_restarted_at < self.holdoff:
             return HoldBack(

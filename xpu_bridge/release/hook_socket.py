@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from xpu_bridge.common.sockets import prepare_socket, remove_stale_socket
+from xpu_bridge.common.sockets import owner_only, prepare_socket, remove_stale_socket
 from xpu_bridge.release.hook import ReleaseResult
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,20 @@ class ReleaseHookServer:
 
     async def start(self) -> None:
         prepare_socket(self.path, "release.hookSocket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with owner_only():
+            listener.bind(str(self.path))  # 0600 from the moment it exists
         self._server = await asyncio.start_unix_server(
-            self._handle, path=str(self.path), limit=MAX_REQUEST
+            self._handle, sock=listener, limit=MAX_REQUEST
         )
-        os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-            remove_stale_socket(self.path, "release.hookSocket")
+            with contextlib.suppress(OSError):  # not ours any more: leave it be
+                remove_stale_socket(self.path, "release.hookSocket")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

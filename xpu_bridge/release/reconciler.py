@@ -54,7 +54,9 @@ class Reconciler:
         devinfo: DevInfoStore,
         kubelet_restarted_at: Callable[[], float | None],
         functions: NetworkFunctions | None = None,
+        kubelet_age: Callable[[], float | None] = lambda: None,
     ) -> None:
+        """`kubelet_age` says how long the kubelet has been up (start-up hold-off or not)."""
         """Guards, health and repair judge time by the leases' clock, as Allocates do."""
         clock = leases.now
         self.interval = config.release.interval_seconds
@@ -70,6 +72,7 @@ class Reconciler:
             gate=ReleaseGate(guards, self.stats, kubelet_restarted_at),
             sweep=StartupSweep(),
             functions=functions,
+            kubelet_age=kubelet_age,
         )
         self.releaser = PortReleaser(agent, owned, leases, devinfo, self.stats, functions)
         self._stuck = StuckDeletes(agent, leases)

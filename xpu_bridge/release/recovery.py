@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xpu_bridge.hostagent.ports import PortError
@@ -26,6 +27,24 @@ class RecoveryParts:
     gate: ReleaseGate
     sweep: StartupSweep
     functions: NetworkFunctions
+    kubelet_age: Callable[[], float | None]
+    """Seconds since the kubelet made its socket, None when there is none."""
+
+
+def kubelet_is_young(age: float | None, holdoff: float) -> str | None:
+    """Why the kubelet may have restarted with us, or None when it has been up long enough."""
+    if age is None:
+        return "no kubelet socket is there yet"
+    if age < holdoff:
+        return f"the kubelet socket is {age:.0f}s old"
+    return None
+
+
+def _say_holdoff(why: str | None, holdoff: float) -> None:
+    if why is None:
+        log.info("start-up: the kubelet has been up for a while: no start-up release hold-off")
+    elif holdoff > 0:
+        log.info("start-up: %s: no release for %gs (release.holdoffSeconds)", why, holdoff)
 
 
 async def recover(parts: RecoveryParts, now: float) -> None:
@@ -34,16 +53,24 @@ async def recover(parts: RecoveryParts, now: float) -> None:
     that cannot list gets an idempotent Create for each held device instead, and every other
     device of our pools becomes part of the start-up sweep."""
     pools, owned_ports, held_map, gate = parts.pools, parts.owned, parts.held, parts.gate
-    gate.guards.start(now)
+    holdoff = gate.guards.holdoff
+    why = kubelet_is_young(parts.kubelet_age(), holdoff)
+    gate.guards.start(now, why)
     owned = await owned_ports.refresh()
     if owned is None:
+        _say_holdoff(why, holdoff)
         return
     await mark_device_health(pools, owned, owned_ports.health.unhealthy_reason(now))
     try:
         held = await held_map.read()
     except PodResourcesUnavailable as error:
         log.warning("start-up recovery: %s; releasing nothing until it answers", error)
+        _say_holdoff(why, holdoff)
         return
+    if why is None and owned and not held.all_ids():
+        why = f"PodResources lists no container of ours while {len(owned)} of our ports exist"
+        gate.guards.start(now, why)
+    _say_holdoff(why, holdoff)
     held_ports = held_map.port_ids(held).port_ids
     await adopt_held_macs(pools, held, owned)
     adopt_function_pairs(pools, held, parts.functions)
