@@ -20,7 +20,8 @@ RUN --mount=type=bind,from=build,source=/home/builder/wheels,target=/wheels \
     python -m pip install --no-cache-dir --no-index --find-links=/wheels xpu-bridge
 # Runs as root on purpose: a device plugin creates its sockets in the kubelet's root-owned
 # /var/lib/kubelet/device-plugins, connects to the root-only kubelet and host-agent sockets and
-# writes device-info files under /var/run; the DaemonSet also runs it privileged.
+# writes device-info files under /var/run; the DaemonSet runs it unprivileged and drops every
+# capability, so root here means the owner of those files and nothing more.
 USER root
 ENTRYPOINT ["xpu-bridge"]
 CMD ["run", "--config", "/etc/xpu-bridge/config.yaml"]

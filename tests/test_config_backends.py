@@ -1,11 +1,16 @@
-"""Config for the second backend: hostAgent.api, VLAN pools, name templates, mode, pfs."""
+"""Config for the second backend: hostAgent.api, VLAN pools, name templates, mode, pfs; and
+how the host agent is reached (plaintext only on loopback unless hostAgent.insecure)."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from xpu_bridge.config import ConfigError, parse_config
 
@@ -185,3 +190,88 @@ def test_the_configmaps_vendor_plugin_example_is_a_valid_config() -> None:
     config = parse_config(yaml.safe_load("\n".join(lines)))
     assert config.vendor_plugin and config.resource_list[0].bridge_port.vlan == 10
     assert config.pfs[0].num_vfs == 8
+
+
+# --- plaintext TCP to the host agent ---------------------------------------------------------
+
+PLAINTEXT_FIX = (
+    "set hostAgent.tls (mTLS) or, to accept plaintext on the network, hostAgent.insecure: true"
+)
+TLS = {"caFile": "/etc/xpu-bridge/tls/ca.crt"}
+
+
+def opi(**host_agent: Any) -> dict[str, Any]:
+    return {
+        "hostAgent": host_agent,
+        "resourceList": [{**VSP["resourceList"][0], "bridgePort": OPI_BRIDGE}],
+    }
+
+
+def plaintext_refused(endpoint: str) -> str:
+    return f"hostAgent.endpoint: {endpoint} is not loopback, and gRPC to it would be plaintext: "
+
+
+@pytest.mark.parametrize(
+    ("host_agent", "refused"),
+    [
+        pytest.param({"endpoint": "10.0.0.1:50051"}, plaintext_refused("10.0.0.1:50051"), id="ip"),
+        pytest.param(
+            {"endpoint": "agent.example:50051"},
+            plaintext_refused("agent.example:50051"),
+            id="dns name",
+        ),
+        pytest.param(
+            {"endpoint": "[fd00::2]:50051"}, plaintext_refused("[fd00::2]:50051"), id="ipv6"
+        ),
+        pytest.param(
+            {"endpoint": "128.0.0.1:50051"}, plaintext_refused("128.0.0.1:50051"), id="not 127/8"
+        ),
+        pytest.param({"endpoint": "[::1]:50051"}, None, id="ipv6 loopback"),
+        pytest.param({"endpoint": "127.0.0.1:50051"}, None, id="ipv4 loopback"),
+        pytest.param({"endpoint": "127.3.4.5:50051"}, None, id="anywhere in 127/8"),
+        pytest.param({"endpoint": "localhost:50051"}, None, id="localhost"),
+        pytest.param({"endpoint": "10.0.0.1:50051", "tls": TLS}, None, id="tls"),
+        pytest.param({"endpoint": "10.0.0.1:50051", "insecure": True}, None, id="insecure"),
+        pytest.param(
+            {"endpoint": "10.0.0.1:50051", "insecure": True, "tls": TLS},
+            "hostAgent.insecure: insecure: true contradicts tls (mTLS): remove one of the two",
+            id="insecure and tls",
+        ),
+        pytest.param(
+            {"endpoint": "10.0.0.1:50051", "insecure": "yes"},
+            "hostAgent.insecure: Input should be a valid boolean",
+            id="insecure must be a real boolean",
+        ),
+    ],
+)
+def test_plaintext_tcp_off_loopback_must_be_asked_for(
+    host_agent: dict[str, Any], refused: str | None
+) -> None:
+    if refused is None:
+        assert parse_config(opi(**host_agent)).host_agent.endpoint == host_agent["endpoint"]
+        return
+    (problem,) = problems(opi(**host_agent))
+    assert problem.startswith(refused), problem
+    if problem.startswith("hostAgent.endpoint"):
+        assert problem.endswith(PLAINTEXT_FIX)
+
+
+def test_insecure_is_off_unless_set() -> None:
+    assert not parse_config(opi(endpoint="127.0.0.1:50051")).host_agent.insecure
+    assert parse_config(opi(endpoint="10.0.0.1:50051", insecure=True)).host_agent.insecure
+
+
+def test_check_config_refuses_plaintext_to_the_network_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "plaintext.yaml"
+    config.write_text(yaml.safe_dump(opi(endpoint="10.0.0.1:50051")))
+    result = subprocess.run(
+        [sys.executable, "-m", "xpu_bridge.cli", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"xpu-bridge: config {config}: {plaintext_refused('10.0.0.1:50051')}{PLAINTEXT_FIX}"
+    ]

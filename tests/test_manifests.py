@@ -193,12 +193,43 @@ def test_configmap_host_agent_socket_is_in_a_mounted_host_directory() -> None:
 # --- DaemonSet ------------------------------------------------------------------------------
 
 
-def test_daemonset_runs_privileged_on_the_host_network() -> None:
+def test_daemonset_runs_on_the_host_network_as_a_node_critical_pod() -> None:
     pod = daemonset_pod()
     assert pod["hostNetwork"] is True
-    assert daemon_container()["securityContext"]["privileged"] is True
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["serviceAccountName"] == one("ServiceAccount")["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False  # it never talks to the API server
+
+
+def test_daemonset_runs_as_root_without_privileges_or_capabilities() -> None:
+    """Root owns the kubelet's directories and sockets; nothing else needs more than that."""
+    pod = daemonset_pod()
+    context = daemon_container()["securityContext"]
+    assert context.get("privileged", False) is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}  # and none added back
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["runAsUser"] == 0 and context.get("runAsNonRoot", False) is False
+    for key in ("hostPID", "hostIPC"):
+        assert not pod.get(key, False), key
+    assert "initContainers" not in pod  # no other container that could be privileged
+
+
+def test_daemonset_writes_only_the_host_directories_it_must() -> None:
+    """The kubelet's plugin directory (sockets, lock) and the device-info directory; sysfs, the
+    PodResources and host-agent socket directories are read-only (connecting needs no write)."""
+    writable = {
+        volume["hostPath"]["path"]
+        for volume in daemonset_pod()["volumes"]
+        if "hostPath" in volume and not mount_of(volume["name"]).get("readOnly", False)
+    }
+    assert writable == {"/var/lib/kubelet/device-plugins", "/var/run/k8s.cni.cncf.io/devinfo/dp"}
+
+
+def test_the_namespace_admits_the_host_network_and_host_paths() -> None:
+    labels = one("Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
 def test_daemonset_mounts_the_pod_resources_directory_not_the_socket() -> None:

@@ -86,7 +86,10 @@ async def test_plugin_and_hook_sockets_are_owner_only(node: Node) -> None:
     node.raw_config["release"] = {"hookSocket": str(node.root / "hook" / "release.sock")}
     await node.start_daemon()
     for path in (node.kubelet_dir / socket_name(RED), node.root / "hook" / "release.sock"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        info = path.lstat()
+        assert stat.S_ISSOCK(info.st_mode), path
+        assert stat.S_IMODE(info.st_mode) == 0o600, path
+        assert info.st_uid == os.geteuid(), path  # the daemon's own user, no one else
 
 
 def test_a_socket_bound_under_owner_only_is_0600_from_its_first_moment(tmp_path: Path) -> None:
@@ -95,7 +98,9 @@ def test_a_socket_bound_under_owner_only_is_0600_from_its_first_moment(tmp_path:
     try:
         with owner_only():
             listener.bind(str(tmp_path / "s.sock"))
-        assert stat.S_IMODE((tmp_path / "s.sock").stat().st_mode) == 0o600  # no chmod came
+        info = (tmp_path / "s.sock").lstat()
+        assert stat.S_IMODE(info.st_mode) == 0o600  # no chmod came
+        assert info.st_uid == os.geteuid()
     finally:
         listener.close()
     assert os.umask(0o022) == 0o022  # the process's umask is back

@@ -1,4 +1,5 @@
-"""Mutual TLS to the host agent: real certificates (openssl CLI), real gRPC over TCP."""
+"""Mutual TLS to the host agent: real certificates (openssl CLI, made at test time: valid,
+from another CA, expired), real gRPC over TCP, and the message each refusal gives."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from xpu_bridge.config import ConfigError, HostAgentConfig
+from xpu_bridge.config import ConfigError, HostAgentConfig, TLSConfig
 from xpu_bridge.hostagent.opi_evpn import BridgePortClient
 from xpu_bridge.hostagent.ports import OperStatus, PortError, PortSpec
+from xpu_bridge.hostagent.tls import certificate_validity, handshake_hint
 from xpu_bridge.sim.host_agent import BRIDGE_PREFIX, ServerTLS, SimHostAgent
 
 OPENSSL = shutil.which("openssl")
@@ -52,6 +55,18 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = clientAuth
 authorityKeyIdentifier = keyid
+# `openssl ca`, which (unlike `openssl x509 -req` in OpenSSL 3.0) sets validity dates in the past.
+[ca]
+default_ca = test_ca
+[test_ca]
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = any_name
+unique_subject = no
+[any_name]
+commonName = supplied
 """
 
 
@@ -66,11 +81,20 @@ class Pki:
     other_ca: Path
     other_client_cert: Path
     other_client_key: Path
+    expired_server_cert: Path
+    expired_server_key: Path
+    expired_client_cert: Path
+    expired_client_key: Path
 
-    def server(self, *, require_client_auth: bool = True) -> ServerTLS:
+    def server(self, *, require_client_auth: bool = True, expired: bool = False) -> ServerTLS:
+        cert, key = (
+            (self.expired_server_cert, self.expired_server_key)
+            if expired
+            else (self.server_cert, self.server_key)
+        )
         return ServerTLS(
-            cert_chain=self.server_cert.read_bytes(),
-            private_key=self.server_key.read_bytes(),
+            cert_chain=cert.read_bytes(),
+            private_key=key.read_bytes(),
             client_ca=self.ca.read_bytes(),
             require_client_auth=require_client_auth,
         )
@@ -106,6 +130,21 @@ def _make_leaf(directory: Path, name: str, ca: str, extensions: str, serial: int
     )  # fmt: skip
 
 
+def _make_expired_leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
+    """Signed by `ca` and valid from two days ago until yesterday."""
+    now = datetime.now(UTC)
+    start, end = (f"{now - timedelta(days=days):%Y%m%d%H%M%SZ}" for days in (2, 1))
+    _openssl(
+        directory, "req", "-config", "openssl.cnf", "-new", *_new_key(name),
+        "-out", f"{name}.csr", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        directory, "ca", "-config", "openssl.cnf", "-batch", "-notext", "-in", f"{name}.csr",
+        "-cert", f"{ca}.pem", "-keyfile", f"{ca}.key", "-startdate", start, "-enddate", end,
+        "-extfile", "openssl.cnf", "-extensions", extensions, "-out", f"{name}.pem",
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
     directory = tmp_path_factory.mktemp("pki")
@@ -115,6 +154,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
     _make_leaf(directory, "server", "ca", "server_ext", 1)
     _make_leaf(directory, "client", "ca", "client_ext", 2)
     _make_leaf(directory, "other-client", "other-ca", "client_ext", 3)
+    (directory / "index.txt").write_text("")
+    (directory / "serial").write_text("10\n")
+    _make_expired_leaf(directory, "expired-server", "ca", "server_ext")
+    _make_expired_leaf(directory, "expired-client", "ca", "client_ext")
     yield Pki(
         dir=directory,
         ca=directory / "ca.pem",
@@ -125,6 +168,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
         other_ca=directory / "other-ca.pem",
         other_client_cert=directory / "other-client.pem",
         other_client_key=directory / "other-client.key",
+        expired_server_cert=directory / "expired-server.pem",
+        expired_server_key=directory / "expired-server.key",
+        expired_client_cert=directory / "expired-client.pem",
+        expired_client_key=directory / "expired-client.key",
     )
 
 
@@ -207,14 +254,25 @@ async def test_ca_alone_is_enough_when_the_agent_does_not_ask_for_a_client_cert(
         await agent.stop()
 
 
+def _handshake_failed(error: PortError, agent: SimHostAgent, why: str) -> None:
+    """Refused before any call reached the agent, with a message naming TLS and the fix."""
+    assert f"failed at {agent.target}: UNAVAILABLE" in str(error)
+    assert f"(the TLS handshake with {agent.target} failed: {why})" in str(error)
+    assert "\n" not in str(error)
+    assert error.unreachable
+    assert agent.calls["CreateBridgePort"] == 0
+
+
 async def test_missing_client_certificate_is_refused_and_names_the_endpoint(
     pki: Pki, mtls_agent: SimHostAgent
 ) -> None:
     error = await _refused(_config(mtls_agent.target, _files(pki.ca), **FAST))
-    assert mtls_agent.target in str(error)
-    assert f"the TLS handshake with {mtls_agent.target} failed: check hostAgent.tls" in str(error)
-    assert error.unreachable
-    assert mtls_agent.calls["CreateBridgePort"] == 0
+    _handshake_failed(
+        error,
+        mtls_agent,
+        "check hostAgent.tls: the agent hung up, as one that wants a client certificate does: "
+        "set certFile and keyFile",
+    )
 
 
 async def test_missing_client_certificate_fails_the_bridge_check_too(
@@ -234,9 +292,12 @@ async def test_client_trusting_another_ca_refuses_the_agent(
 ) -> None:
     files = _files(pki.other_ca, pki.client_cert, pki.client_key)
     error = await _refused(_config(mtls_agent.target, files, **FAST))
-    assert mtls_agent.target in str(error)
-    assert f"the TLS handshake with {mtls_agent.target} failed" in str(error)
-    assert mtls_agent.calls["CreateBridgePort"] == 0
+    _handshake_failed(
+        error,
+        mtls_agent,
+        f"check hostAgent.tls.caFile: {pki.other_ca} must have signed the agent's certificate",
+    )
+    assert "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate" in str(error)
 
 
 async def test_client_certificate_from_another_ca_is_refused_by_the_agent(
@@ -244,8 +305,81 @@ async def test_client_certificate_from_another_ca_is_refused_by_the_agent(
 ) -> None:
     files = _files(pki.ca, pki.other_client_cert, pki.other_client_key)
     error = await _refused(_config(mtls_agent.target, files, **FAST))
-    assert mtls_agent.target in str(error)
-    assert mtls_agent.calls["CreateBridgePort"] == 0
+    _handshake_failed(
+        error,
+        mtls_agent,
+        f"check hostAgent.tls: the agent hung up, as one that refuses our client certificate "
+        f"{pki.other_client_cert} (hostAgent.tls.certFile) does: it must be signed by a CA "
+        "that the agent trusts",
+    )
+
+
+async def test_expired_client_certificate_is_refused_by_the_agent_and_named(
+    pki: Pki, mtls_agent: SimHostAgent
+) -> None:
+    validity = certificate_validity(pki.expired_client_cert.read_bytes())
+    assert validity is not None
+    files = _files(pki.ca, pki.expired_client_cert, pki.expired_client_key)
+    error = await _refused(_config(mtls_agent.target, files, **FAST))
+    _handshake_failed(
+        error,
+        mtls_agent,
+        f"our client certificate {pki.expired_client_cert} (hostAgent.tls.certFile) expired at "
+        f"{validity.not_after:%Y-%m-%d %H:%M:%S} UTC: renew it",
+    )
+
+
+async def test_expired_agent_certificate_is_refused_by_the_daemon(pki: Pki) -> None:
+    agent = await _serve(pki.server(expired=True))
+    try:
+        files = _files(pki.ca, pki.client_cert, pki.client_key)
+        error = await _refused(_config(agent.target, files, **FAST))
+        _handshake_failed(
+            error,
+            agent,
+            "the agent's certificate (or a CA above it) has expired: renew it on the agent",
+        )
+        assert "CERTIFICATE_VERIFY_FAILED: certificate has expired" in str(error)
+    finally:
+        await agent.stop()
+
+
+async def test_expired_agent_certificate_stops_the_start_up_bridge_check(pki: Pki) -> None:
+    agent = await _serve(pki.server(expired=True))
+    files = _files(pki.ca, pki.client_cert, pki.client_key)
+    client = BridgePortClient(_config(agent.target, files, **FAST))
+    try:
+        with pytest.raises(PortError, match="has expired: renew it on the agent"):
+            await client.missing_logical_bridges([RED])
+    finally:
+        await client.close()
+        await agent.stop()
+    assert agent.calls["GetLogicalBridge"] == 0
+
+
+# --- certificate dates ------------------------------------------------------------------------
+
+
+def test_certificate_dates_are_read_from_the_pem(pki: Pki) -> None:
+    now = datetime.now(UTC)
+    valid = certificate_validity(pki.client_cert.read_bytes())
+    expired = certificate_validity(pki.expired_client_cert.read_bytes())
+    assert valid is not None and valid.not_before <= now < valid.not_after
+    assert expired is not None and expired.not_after < now - timedelta(hours=23)
+    assert expired.not_after - expired.not_before == timedelta(days=1)
+    assert certificate_validity(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END") is None
+    assert certificate_validity(pki.client_key.read_bytes()) is None
+
+
+def test_a_client_certificate_not_valid_yet_points_at_the_clock(pki: Pki) -> None:
+    tls = TLSConfig.model_validate(_files(pki.ca, pki.client_cert, pki.client_key))
+    validity = certificate_validity(pki.client_cert.read_bytes())
+    assert validity is not None
+    earlier = validity.not_before - timedelta(days=1)
+    assert handshake_hint(tls, "Socket closed", validity, now=earlier) == (
+        f"our client certificate {pki.client_cert} (hostAgent.tls.certFile) is valid only from "
+        f"{validity.not_before:%Y-%m-%d %H:%M:%S} UTC: check the node's clock"
+    )
 
 
 # --- unusable files: one line naming the field and the file ------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from xpu_bridge.common.addresses import parse_host_port, unix_socket_path
 from xpu_bridge.config.base import StrictModel, field_error
@@ -21,6 +22,9 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
 }
 TEMPLATE_FIELDS = frozenset({"pf", "vf", "sfnum"})
 TEMPLATE_TEXT = re.compile(r"^[A-Za-z0-9._-]*\Z")
+PLAINTEXT_FIX = (
+    "set hostAgent.tls (mTLS) or, to accept plaintext on the network, hostAgent.insecure: true"
+)
 
 
 class TLSConfig(StrictModel):
@@ -34,6 +38,19 @@ class TLSConfig(StrictModel):
             missing = "keyFile" if self.key_file is None else "certFile"
             raise field_error(missing, "certFile and keyFile must be given together")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 and ::1 (IPv4-mapped included): traffic that stays on the node."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def template_fields(template: str) -> set[str]:
@@ -67,6 +84,8 @@ class HostAgentConfig(StrictModel):
     api: AgentApi = OPI_EVPN_BRIDGE
     endpoint: str = DEFAULT_ENDPOINTS[OPI_EVPN_BRIDGE]
     tls: TLSConfig | None = None
+    insecure: StrictBool = False
+    """Plaintext gRPC to a host:port that is not loopback: asked for explicitly, never implied."""
     rpc_timeout_seconds: float = Field(default=2.0, gt=0, le=300, alias="rpcTimeoutSeconds")
     attach_timeout_seconds: float = Field(default=10.0, gt=0, le=600, alias="attachTimeoutSeconds")
     unhealthy_after_seconds: float = Field(
@@ -125,6 +144,18 @@ class HostAgentConfig(StrictModel):
                 "a dpu-vendor-plugin listens on a unix socket: set endpoint to "
                 f"{DEFAULT_ENDPOINTS[DPU_VENDOR_PLUGIN]} (or leave it out)",
             )
+        if self.insecure and self.tls is not None:
+            raise field_error(
+                "insecure", "insecure: true contradicts tls (mTLS): remove one of the two"
+            )
+        if not unix and self.tls is None and not self.insecure:
+            host, _ = parse_host_port(self.endpoint)
+            if not is_loopback(host):
+                raise field_error(
+                    "endpoint",
+                    f"{self.endpoint} is not loopback, and gRPC to it would be plaintext: "
+                    + PLAINTEXT_FIX,
+                )
         if self.attach_timeout_seconds < self.rpc_timeout_seconds:
             raise field_error(
                 "attachTimeoutSeconds", "attachTimeoutSeconds must be at least rpcTimeoutSeconds"

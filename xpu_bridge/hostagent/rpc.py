@@ -16,6 +16,7 @@ from xpu_bridge.common.errors import grpc_status_text
 from xpu_bridge.common.loops import loop_time
 from xpu_bridge.config import HostAgentConfig
 from xpu_bridge.hostagent.ports import PortError
+from xpu_bridge.hostagent.tls import client_certificate_validity, handshake_hint
 
 TRANSIENT = frozenset(
     {
@@ -70,6 +71,7 @@ class AgentCaller:
         self.config = config
         self._observer = observer
         self._refused_hint = refused_hint
+        self._client_validity = client_certificate_validity(config.tls)
 
     @property
     def endpoint(self) -> str:
@@ -139,12 +141,10 @@ class AgentCaller:
     def failure(self, what: str, error: grpc.aio.AioRpcError) -> PortError:
         """The message names the call, the agent's answer, and what the operator can check."""
         unreachable = error.code() in TRANSIENT
-        if unreachable and self._tls_trouble(error.details() or ""):
-            hint = (
-                f"the TLS handshake with {self.endpoint} failed: check hostAgent.tls (caFile "
-                "must have signed the agent's certificate; an agent that wants a client "
-                "certificate needs certFile and keyFile)"
-            )
+        details = error.details() or ""
+        if unreachable and self.config.tls is not None and self._tls_trouble(details):
+            why = handshake_hint(self.config.tls, details, self._client_validity)
+            hint = f"the TLS handshake with {self.endpoint} failed: {why}"
         elif unreachable:
             hint = f"is the host agent running and reachable at {self.endpoint}?"
         elif error.code() in REFUSED:
