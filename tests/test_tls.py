@@ -317,7 +317,7 @@ async def test_client_certificate_from_another_ca_is_refused_by_the_agent(
 async def test_expired_client_certificate_is_refused_by_the_agent_and_named(
     pki: Pki, mtls_agent: SimHostAgent
 ) -> None:
-    validity = certificate_validity(pki.expired_client_cert.read_bytes())
+    validity = certificate_validity(pki.expired_client_cert)
     assert validity is not None
     files = _files(pki.ca, pki.expired_client_cert, pki.expired_client_key)
     error = await _refused(_config(mtls_agent.target, files, **FAST))
@@ -360,20 +360,23 @@ async def test_expired_agent_certificate_stops_the_start_up_bridge_check(pki: Pk
 # --- certificate dates ------------------------------------------------------------------------
 
 
-def test_certificate_dates_are_read_from_the_pem(pki: Pki) -> None:
+def test_certificate_dates_are_read_from_the_pem(pki: Pki, tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    valid = certificate_validity(pki.client_cert.read_bytes())
-    expired = certificate_validity(pki.expired_client_cert.read_bytes())
+    valid = certificate_validity(pki.client_cert)
+    expired = certificate_validity(pki.expired_client_cert)
     assert valid is not None and valid.not_before <= now < valid.not_after
     assert expired is not None and expired.not_after < now - timedelta(hours=23)
     assert expired.not_after - expired.not_before == timedelta(days=1)
-    assert certificate_validity(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END") is None
-    assert certificate_validity(pki.client_key.read_bytes()) is None
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert certificate_validity(broken) is None
+    assert certificate_validity(pki.client_key) is None
+    assert certificate_validity(tmp_path / "missing.pem") is None
 
 
 def test_a_client_certificate_not_valid_yet_points_at_the_clock(pki: Pki) -> None:
     tls = TLSConfig.model_validate(_files(pki.ca, pki.client_cert, pki.client_key))
-    validity = certificate_validity(pki.client_cert.read_bytes())
+    validity = certificate_validity(pki.client_cert)
     assert validity is not None
     earlier = validity.not_before - timedelta(days=1)
     assert handshake_hint(tls, "Socket closed", validity, now=earlier) == (

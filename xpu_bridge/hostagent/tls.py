@@ -3,8 +3,7 @@ what to tell the operator when its handshake fails."""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,9 +48,6 @@ def channel_for(config: HostAgentConfig) -> grpc.aio.Channel:
 
 # --- why a handshake failed -------------------------------------------------------------------
 
-PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
-UTC_TIME, GENERALIZED_TIME, EXPLICIT_VERSION = 0x17, 0x18, 0xA0
-
 
 @dataclass(frozen=True, slots=True)
 class Validity:
@@ -59,56 +55,29 @@ class Validity:
     not_after: datetime
 
 
-def _element(der: bytes, at: int) -> tuple[int, int, int]:
-    """(tag, start, end) of the contents of the DER element at `at`."""
-    tag, length = der[at], der[at + 1]
-    at += 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(der[at : at + count], "big")
-        at += count
-    if at + length > len(der):
-        raise ValueError("truncated DER")
-    return tag, at, at + length
+def _certificate_dates(path: Path) -> dict[str, str]:
+    """The stdlib's own PEM certificate reader (what ssl.getpeercert() answers, from a file);
+    CPython has shipped it since 2.7 but never made it public."""
+    decoded: dict[str, str] = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    return decoded
 
 
-def _time(der: bytes, at: int) -> tuple[datetime, int]:
-    tag, start, end = _element(der, at)
-    text = der[start:end].decode("ascii")
-    if tag == UTC_TIME:  # RFC 5280: YY >= 50 is 19YY
-        text = ("19" if int(text[:2]) >= 50 else "20") + text
-    elif tag != GENERALIZED_TIME:
-        raise ValueError("not a time")
-    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC), end
-
-
-def certificate_validity(pem: bytes) -> Validity | None:
-    """notBefore and notAfter of the first certificate in `pem`; None if it cannot be read."""
+def certificate_validity(path: Path) -> Validity | None:
+    """notBefore and notAfter of the first certificate in the PEM file; None if unreadable."""
     try:
-        body = pem.split(PEM_CERTIFICATE, 1)[1].split(b"-----END", 1)[0]
-        der = base64.b64decode(body)
-        _, tbs, _ = _element(der, 0)  # Certificate
-        _, at, _ = _element(der, tbs)  # TBSCertificate
-        tag, _, end = _element(der, at)
-        at = end if tag == EXPLICIT_VERSION else at
-        for _ in ("serialNumber", "signature", "issuer"):
-            at = _element(der, at)[2]
-        _, at, _ = _element(der, at)  # Validity
-        not_before, at = _time(der, at)
-        not_after, _ = _time(der, at)
-    except (IndexError, ValueError, binascii.Error):
+        dates = _certificate_dates(path)
+        not_before = ssl.cert_time_to_seconds(dates["notBefore"])
+        not_after = ssl.cert_time_to_seconds(dates["notAfter"])
+    except (OSError, KeyError, ValueError):  # ssl.SSLError is an OSError
         return None
-    return Validity(not_before, not_after)
+    return Validity(datetime.fromtimestamp(not_before, UTC), datetime.fromtimestamp(not_after, UTC))
 
 
 def client_certificate_validity(tls: TLSConfig | None) -> Validity | None:
     """The validity of hostAgent.tls.certFile, if there is one that can be read."""
     if tls is None or tls.cert_file is None:
         return None
-    try:
-        return certificate_validity(tls.cert_file.read_bytes())
-    except OSError:
-        return None
+    return certificate_validity(tls.cert_file)
 
 
 def handshake_hint(
