@@ -21,9 +21,19 @@ SUPPORTED_API_VERSIONS = (API_VERSION,)
 PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?\Z")
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value as a problem quotes it: its repr, cut to `limit` characters (an int too long to
+    print, which repr refuses, as such)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def unsupported_version(version: object) -> str:
     return (
-        f"{version!r} is not supported; this xpu-bridge reads "
+        f"{shown(version)} is not supported; this xpu-bridge reads "
         f"{', '.join(SUPPORTED_API_VERSIONS)} (leaving it out means {API_VERSION})"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,14 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from xpu_bridge.config.base import FIELD_ERROR, ConfigError
 from xpu_bridge.config.document import (
     API_VERSION,
     SUPPORTED_API_VERSIONS,
     Config,
+    shown,
     unsupported_version,
 )
 
@@ -36,7 +38,10 @@ def _location(loc: tuple[int | str, ...]) -> str:
         elif item.startswith(("function-", "literal[")) or item in {"list[str]", "str"}:
             continue
         else:
-            parts.append(("." if parts else "") + item)
+            # A key with a newline or other control character would break the one line, and
+            # an empty one would not show.
+            plain = item.isprintable() and item.strip() == item != ""
+            parts.append(("." if parts else "") + (item if plain else shown(item)))
     return "".join(parts) or "(top level)"
 
 
@@ -78,9 +83,30 @@ def parse_config(raw: object) -> Config:
         raise ConfigError(["(top level): must be a mapping with hostAgent, resourceList, ..."])
     _check_api_version(raw)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(validation_problems(error)) from None
+    problems = _nul_problems(config.model_dump(mode="json", by_alias=True))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _nul_problems(document: object) -> list[str]:
+    """A NUL in a string (JSON can write one as \\u0000) is no path, endpoint or name, and
+    only fails later, when the daemon uses it; the validated document is walked, so no deeper
+    than the schema."""
+    problems: list[str] = []
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend((f"{where}.{key}" if where else key, v) for key, v in value.items())
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{index}]", v) for index, v in enumerate(value))
+        elif isinstance(value, str) and "\0" in value:
+            problems.append(f"{where}: must not contain a NUL character")
+    return sorted(problems)
 
 
 def load_config(path: Path) -> Config:
@@ -92,6 +118,19 @@ def load_config(path: Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(["is not UTF-8 text"]) from None
     return parse_config(_decode_json(text) if path.suffix == ".json" else _decode_yaml(text))
+
+
+class UnreadableValue(Exception):
+    """A value YAML resolves (or is tagged) to a type it then cannot build (`2001-13-45`,
+    `!!int x`, `!!timestamp x`, an int of more digits than Python converts): PyYAML's
+    constructors raise whatever Python raises for those, not a YAMLError."""
+
+    def __init__(self, node: Node, error: Exception) -> None:
+        kind = node.tag.rsplit(":", 1)[-1]
+        value = f"{shown(node.value)} " if isinstance(node, ScalarNode) else ""
+        why = f": {_unreadable(error)}" if isinstance(error, ValueError | OverflowError) else ""
+        super().__init__(f"cannot read {value}as {kind}{why}")
+        self.line = node.start_mark.line + 1
 
 
 class RepeatedKey(Exception):
@@ -118,6 +157,14 @@ class _UniqueKeys(SafeConstructor):
             first_lines[key] = line
         return super().construct_mapping(node, deep)
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RepeatedKey, UnreadableValue, RecursionError):
+            raise
+        except Exception as error:  # ValueError, OverflowError, AttributeError, ...
+            raise UnreadableValue(node, error) from None
+
 
 class PureYamlLoader(_UniqueKeys, yaml.SafeLoader):
     """The fallback, for a PyYAML built without libyaml."""
@@ -140,8 +187,10 @@ YAML_LOADER = yaml_loader()
 def _decode_yaml(text: str) -> object:
     try:
         return yaml.load(text, Loader=YAML_LOADER)
-    except RepeatedKey as error:
+    except (RepeatedKey, UnreadableValue) as error:
         raise ConfigError([f"not valid YAML at line {error.line}: {error}"]) from None
+    except RecursionError:
+        raise ConfigError(["not valid YAML: nested too deeply"]) from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -169,6 +218,10 @@ def _decode_json(text: str) -> object:
         return json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as error:
         raise ConfigError([f"not valid JSON: {_short(error)}"]) from None
+    except ValueError as error:  # a number json.loads reads but Python will not convert
+        raise ConfigError([f"not valid JSON: {_unreadable(error)}"]) from None
+    except RecursionError:
+        raise ConfigError(["not valid JSON: nested too deeply"]) from None
     except _RepeatedJsonKey as error:
         # Found by the parser; the walk below, which only runs then, adds the two lines.
         found = _find_repeated_json_key(text)
@@ -214,8 +267,17 @@ def _find_repeated_json_key(text: str) -> RepeatedKey | None:
         walk(skip_space(0))
     except RepeatedKey as found:
         return found
+    except RecursionError:  # deeper than this walk can go: the caller names the key alone
+        return None
     return None
 
 
 def _short(error: Exception) -> str:
     return " ".join(str(error).split())[:200]
+
+
+def _unreadable(error: Exception) -> str:
+    """Python's own words, but for the integer limit, whose advice is for programmers."""
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return _short(error)

@@ -13,7 +13,8 @@ from xpu_bridge.config.base import StrictModel, field_error
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 PF_NAME = re.compile(r"^(?P<name>[^#\s/]+)(#(?P<ranges>.+))?\Z")
-RANGE_ITEM = re.compile(r"^(\d+)(-(\d+))?\Z")
+# ASCII digits, no more than a VF index has (virtfnN): int() of more would fail or take long.
+RANGE_ITEM = re.compile(r"^([0-9]{1,5})(-([0-9]{1,5}))?\Z")
 MAX_VFS = 4096
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.common.sockets import owner_only, prepare_socket
@@ -15,6 +18,71 @@ from xpu_bridge.kubelet.plugin_server import DevicePluginService
 def socket_name(resource_name: str) -> str:
     """`opi.io/red` -> `xpu-bridge-opi.io-red.sock`, unique per resource in the kubelet dir."""
     return "xpu-bridge-" + re.sub(r"[^A-Za-z0-9._-]", "-", resource_name) + ".sock"
+
+
+class Undecodable:
+    """What a request decodes to when its bytes are no message of its type."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = str(error)
+
+
+def _lenient(decode: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if decode is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except DecodeError as error:
+            return Undecodable(error)
+
+    return deserialize
+
+
+async def _refuse_undecodable(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the request does not decode: {request.error}"
+        )
+
+
+class RefuseUndecodable(grpc.aio.ServerInterceptor):
+    """A request that does not decode gets INVALID_ARGUMENT naming why; grpc.aio itself would
+    answer UNKNOWN with the exception's class and log a traceback. The DevicePlugin service
+    has unary and server-streaming methods only; anything else passes as it is."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        decode, encode = _lenient(handler.request_deserializer), handler.response_serializer
+        if handler.unary_unary is not None:
+            unary: Callable[..., Awaitable[Any]] = handler.unary_unary
+
+            async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await _refuse_undecodable(request, context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(answer, decode, encode)
+        if handler.unary_stream is not None:
+            stream: Callable[..., AsyncIterator[Any]] = handler.unary_stream  # type: ignore[assignment]
+
+            async def answers(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                await _refuse_undecodable(request, context)
+                async for reply in stream(request, context):
+                    yield reply
+
+            return grpc.unary_stream_rpc_method_handler(answers, decode, encode)
+        return handler
 
 
 class PluginEndpoint:
@@ -30,7 +98,7 @@ class PluginEndpoint:
 
     async def start(self) -> None:
         prepare_socket(self.path, "device plugin socket", make_parent=False)
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[RefuseUndecodable()])
         dp_grpc.add_DevicePluginServicer_to_server(self.service, server)
         with owner_only():
             server.add_insecure_port(f"unix://{self.path}")  # binds: the file is 0600 at once

@@ -17,6 +17,7 @@ from xpu_bridge.node.allocator import (
     InvalidRequest,
     UnknownDevice,
     UnusableDevice,
+    listed,
 )
 from xpu_bridge.node.pool import DevicePool, DeviceView
 
@@ -25,6 +26,15 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext
 AllocateObserver = Callable[[str, str, float], None]
 """Told (resource, result, seconds) after every Allocate: the metrics."""
+
+
+def _requested(containers: list[list[str]]) -> str:
+    """A request as a log line shows it: the IDs of each container, a few per container."""
+    return (
+        "["
+        + "; ".join(f"[{listed(ids)}]" for ids in containers[:3])
+        + (f"; and {len(containers) - 3} more container(s)]" if len(containers) > 3 else "]")
+    )
 
 
 def _device_message(view: DeviceView) -> dp.Device:
@@ -126,7 +136,12 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
             result = "success"
         except (InvalidRequest, UnusableDevice) as error:
             result = _refusal(error)
-            log.warning("Allocate %s %s rejected: %s", self.pool.resource_name, containers, error)
+            log.warning(
+                "Allocate %s %s rejected: %s",
+                self.pool.resource_name,
+                _requested(containers),
+                error,
+            )
             if isinstance(error, UnusableDevice):
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION, f"{self.pool.resource_name}: {error}"
@@ -137,7 +152,7 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
             log.error(
                 "Allocate %s %s failed after %.1f ms: %s",
                 self.pool.resource_name,
-                containers,
+                _requested(containers),
                 (time.monotonic() - started) * 1000,
                 error,
             )
@@ -149,7 +164,7 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         log.info(
             "Allocate %s devices %s ports %s ok in %.1f ms",
             self.pool.resource_name,
-            containers,
+            _requested(containers),
             sorted({port for a in allocations for port in a.ports}),
             (time.monotonic() - started) * 1000,
         )

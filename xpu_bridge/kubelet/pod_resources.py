@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
-from opi_protos.kubelet.podresources.v1 import api_pb2_grpc as pr_grpc
 from xpu_bridge.common.errors import grpc_status_text
 
 LIST_TIMEOUT = 5.0
+LIST_METHOD = "/v1.PodResourcesLister/List"
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""As the kubelet's own PodResources client (pkg/kubelet/apis/podresources/client.go) takes;
+gRPC's default of 4 MiB would leave a node with many pods unable to release anything."""
 
 
 class PodResourcesUnavailable(Exception):
@@ -65,8 +69,16 @@ class PodResourcesClient:
 
     def __init__(self, socket: Path) -> None:
         self.socket = socket
-        self._channel = grpc.aio.insecure_channel(f"unix://{socket}")
-        self._stub = pr_grpc.PodResourcesListerStub(self._channel)
+        self._channel = grpc.aio.insecure_channel(
+            f"unix://{socket}", options=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
+        )
+        # Bytes in, decoded here: gRPC would log a traceback for an answer that does not decode
+        # and hand back None instead of raising.
+        self._list: grpc.aio.UnaryUnaryMultiCallable[pr.ListPodResourcesRequest, bytes] = (
+            self._channel.unary_unary(
+                LIST_METHOD, request_serializer=pr.ListPodResourcesRequest.SerializeToString
+            )
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -74,10 +86,17 @@ class PodResourcesClient:
     async def held(self, ours: Callable[[str], bool]) -> HeldDevices:
         """Held devices of every resource `ours` accepts (served now, or under our prefix)."""
         try:
-            reply = await self._stub.List(pr.ListPodResourcesRequest(), timeout=LIST_TIMEOUT)
+            answer = await self._list(pr.ListPodResourcesRequest(), timeout=LIST_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             raise PodResourcesUnavailable(
                 f"PodResources List at {self.socket} failed: {grpc_status_text(error)}"
+            ) from None
+        try:
+            reply = pr.ListPodResourcesResponse.FromString(answer)
+        except DecodeError as error:
+            raise PodResourcesUnavailable(
+                f"PodResources List at {self.socket} answered what is not a "
+                f"ListPodResourcesResponse: {error}"
             ) from None
         held: dict[str, dict[str, Holder]] = defaultdict(dict)
         for pod in reply.pod_resources:

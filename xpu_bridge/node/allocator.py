@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 from xpu_bridge.common.errors import CallFailed
@@ -22,6 +23,24 @@ from xpu_bridge.node.pool import DevicePool, PoolDevice
 log = logging.getLogger(__name__)
 
 VFIO_CONTROL = "/dev/vfio/vfio"
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+SHOWN_IDS = 5
+"""A refusal names this many unknown IDs and counts the rest: it must fit a gRPC trailer."""
+
+
+def named(device_id: str) -> str:
+    """An ID as a message shows it: as is when it looks like one (a PCI address, an aux
+    device name), else quoted and cut short, so an empty, NUL or 70,000-character ID reads."""
+    if PLAIN_ID.fullmatch(device_id):
+        return device_id
+    text = repr(device_id)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def listed(device_ids: list[str]) -> str:
+    shown = ", ".join(named(device_id) for device_id in device_ids[:SHOWN_IDS])
+    more = len(device_ids) - SHOWN_IDS
+    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +103,7 @@ class Allocator:
             resolved.append([entry for _, entry in entries if entry is not None])
         if unknown:
             raise UnknownDevice(
-                f"unknown device(s) {', '.join(sorted(unknown))} for {self.pool.resource_name}: "
+                f"unknown device(s) {listed(sorted(unknown))} for {self.pool.resource_name}: "
                 "not in this pool (was it removed from the node or the config?)"
             )
         if self.pool.resource.network_function:

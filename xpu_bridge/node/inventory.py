@@ -13,6 +13,9 @@ from xpu_bridge.common.pci import PCI_ADDRESS
 from xpu_bridge.node.sysfs import SysfsDir, SysfsError, SysfsRoot, safe_name, why
 
 VIRTFN = re.compile(r"virtfn(\d{1,5})")
+SFNUM = re.compile(r"[0-9]{1,10}")
+MAX_SFNUM = 0xFFFFFFFF
+"""devlink's sfnum is a u32; a port ID has room for ten digits."""
 AUX_NAME = re.compile(r"[^.]+\.([^.]+)\.\d+")
 
 
@@ -126,6 +129,7 @@ class _Scan:
             if os.path.basename(function.path) != name:
                 raise SysfsError(f"link leads to {os.path.basename(function.path)!r}")
             if not function.has("sriov_totalvfs"):
+                self._check_physfn(function)
                 return
             pf = self._pf_info(function)
             for index, link in _virtfn_links(function.fd):
@@ -180,7 +184,7 @@ class _Scan:
             if sfnum is None:
                 return None
             kind = aux_type(name)
-            if kind is None or not sfnum.isdigit():
+            if kind is None or not SFNUM.fullmatch(sfnum) or int(sfnum) > MAX_SFNUM:
                 raise SysfsError(f"SF name or sfnum {sfnum[:20]!r} does not parse")
             pf = self._pf_at(parent)
             netdev, mac = aux.netdev()
@@ -200,6 +204,20 @@ class _Scan:
                 mac=mac,
                 aux_type=kind,
             )
+
+    def _check_physfn(self, function: SysfsDir) -> None:
+        """A VF is offered through its PF's virtfnN links; one whose PF is gone (physfn leads
+        nowhere) is offered by none, and a physfn that leads out of the root is odd: each is
+        worth a line."""
+        if not function.has("physfn"):
+            return  # a plain function, not a VF
+        try:
+            with self.sysfs.follow(function, "physfn"):
+                return
+        except FileNotFoundError:
+            self.problem(function.path, "its PF is gone (physfn leads nowhere); not offered")
+        except (OSError, SysfsError) as error:
+            self.problem(function.path, f"physfn: {why(error)}")
 
     def _pf_info(self, function: SysfsDir) -> PhysicalFunction:
         cached = self._pfs.get(function.path)

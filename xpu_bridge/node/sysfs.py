@@ -12,6 +12,11 @@ from typing import TypeVar
 from xpu_bridge.common.pci import HEX_ID, MAC_TEXT
 
 UPLINK_PORT = re.compile(r"p\d+")
+# What the kernel writes: ASCII digits (str.isdigit() also takes '²', which int() refuses),
+# no more than the attribute can hold (sriov_*vfs are u16, numa_node below MAX_NUMNODES).
+COUNT = re.compile(r"[0-9]{1,5}")
+NUMA_NODE = re.compile(r"-?[0-9]{1,4}")
+MAX_COUNT = 0xFFFF
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -133,7 +138,9 @@ class SysfsDir:
     def count(self, name: str) -> int | None:
         """A small non-negative number (sriov_numvfs), None if absent or not a number."""
         text = self.text(name)
-        return int(text) if text is not None and text.isdigit() else None
+        if text is None or not COUNT.fullmatch(text) or int(text) > MAX_COUNT:
+            return None
+        return int(text)
 
     def link(self, name: str) -> str | None:
         """The last component of a link's target (driver, iommu_group), None if no link."""
@@ -179,10 +186,12 @@ class SysfsDir:
         text = self.text("numa_node")
         if text is None:
             return None
-        try:
-            node = int(text)
-        except ValueError:
-            raise SysfsError(f"{text[:20]!r} is not a number") from None
+        if not NUMA_NODE.fullmatch(text):
+            large = text.lstrip("-").isascii() and text.lstrip("-").isdigit()
+            raise SysfsError(
+                f"{text[:20]!r} is " + ("beyond any NUMA node" if large else "not a number")
+            )
+        node = int(text)
         return None if node < 0 else node
 
     def _netdev(self) -> tuple[str | None, str | None]:
