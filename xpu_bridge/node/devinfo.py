@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -56,10 +58,23 @@ class DevInfoStore:
             os.chmod(temporary, 0o444)
             os.replace(temporary, path)
         except OSError as error:
+            with contextlib.suppress(OSError):  # a full disk leaves an empty one behind
+                temporary.unlink(missing_ok=True)
             raise DevInfoError(
-                f"device {device.id}: cannot write device-info file {path}: {error.strerror}"
+                f"device {device.id}: cannot write device-info file {path}: {error.strerror}; "
+                f"{self._fix(error)}"
             ) from None
         return path
+
+    def _fix(self, error: OSError) -> str:
+        """What the operator can do about a failed write, naming the flag."""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"free space on the file system of --devinfo-dir {self.root}"
+        if error.errno == errno.EROFS:
+            return f"mount the file system of --devinfo-dir {self.root} read-write"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return f"let the daemon's user write in --devinfo-dir {self.root}"
+        return f"check --devinfo-dir {self.root}"
 
     def remove(self, resource_name: str, device_id: str) -> None:
         path = self.path_for(resource_name, device_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from opi_protos.evpn_gw import component_pb2
@@ -38,6 +39,8 @@ class Ports:
         self.config = config
         self.bridges = bridges
         self.entries: dict[str, PortEntry] = {}
+        self.deletions: list[tuple[float, str]] = []
+        """(time.monotonic(), name) of every accepted DeleteBridgePort of a stored port."""
         self.pager = Pager()
         self.indexed = False
 
@@ -79,6 +82,7 @@ class Ports:
         entry = lookup(self.entries, request.name, allow_missing=request.allow_missing)
         if entry is None:
             return
+        self.deletions.append((time.monotonic(), entry.msg.name))
         entry.begin(pb.BP_OPER_STATUS_TO_BE_DELETED, self.config.delete_delay, self._gone)
         log.debug("deleting port %s", request.name)
 

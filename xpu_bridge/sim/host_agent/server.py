@@ -137,6 +137,11 @@ class SimHostAgent(FaultControls):
         return {resource_id(n): clone(e.msg) for n, e in self._registry.ports.entries.items()}
 
     @property
+    def deletions(self) -> list[tuple[float, str]]:
+        """(time.monotonic(), port ID) of every Delete that found its port, across restarts."""
+        return [(at, resource_id(name)) for at, name in self._registry.ports.deletions]
+
+    @property
     def bridges(self) -> dict[str, pb.LogicalBridge]:
         """Current logical bridges by ID (copies)."""
         return {resource_id(n): clone(e.msg) for n, e in self._registry.bridges.entries.items()}

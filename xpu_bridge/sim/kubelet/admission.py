@@ -21,6 +21,9 @@ from .plugins import PluginRegistry
 from .pods import PodTable
 from .rules import PRE_START_TIMEOUT_S, go_status_error
 
+CONNECTION_CLOSING = "rpc error: code = Canceled desc = grpc: the client connection is closing"
+"""What grpc-go answers a call whose connection the kubelet closed under it (a restart)."""
+
 
 class Admission:
     """Admits pods one at a time and records every plugin call it makes."""
@@ -161,6 +164,13 @@ class Admission:
             raise _unexpected(
                 f"device plugin GetPreferredAllocation rpc failed with err: {call.error}"
             ) from None
+        except asyncio.CancelledError:
+            if not self._closed_under(resource, ep):
+                raise
+            call.error = CONNECTION_CLOSING
+            raise _unexpected(
+                f"device plugin GetPreferredAllocation rpc failed with err: {call.error}"
+            ) from None
         call.response = response
         if not response.container_responses:
             return []
@@ -184,6 +194,11 @@ class Admission:
         except grpc.aio.AioRpcError as err:
             call.error = go_status_error(err)
             raise _unexpected(call.error) from None
+        except asyncio.CancelledError:
+            if not self._closed_under(resource, ep):
+                raise
+            call.error = CONNECTION_CLOSING
+            raise _unexpected(call.error) from None
         call.response = response
         if not response.container_responses:
             raise _unexpected(f"no containers return in allocation response {response}")
@@ -205,6 +220,13 @@ class Admission:
                     )
                 except grpc.aio.AioRpcError as err:
                     call.error = go_status_error(err)
+
+    def _closed_under(self, resource: str, ep: object) -> bool:
+        """Whether a cancelled call was cut by a restart closing its connection (grpc.aio
+        cancels the call then), not by a cancellation of the admission itself."""
+        task = asyncio.current_task()
+        cancelled = task is not None and task.cancelling() > 0
+        return self._plugins.endpoint(resource) is not ep and not cancelled
 
     def _record(
         self, method: str, resource: str, pod: _Pod, container: Container, request: object

@@ -15,6 +15,7 @@ All errors are plain Go errors: gRPC status UNKNOWN.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ class VspPorts:
         self._ready = ready
         self._note = note
         self.entries: dict[str, _Port] = {}
+        self.deletions: list[tuple[float, str]] = []
+        """(time.monotonic(), name) of every DeleteBridgePort that removed a stored port."""
 
     @property
     def capacity_left(self) -> int:
@@ -123,7 +126,8 @@ class VspPorts:
         loop of its CNI agent that way)."""
         self._note("DeleteBridgePort", request.name)
         self._check_ready("DeleteBridgePort")
-        self.entries.pop(request.name, None)
+        if self.entries.pop(request.name, None) is not None:
+            self.deletions.append((time.monotonic(), request.name))
 
     def get_port(self, request: pb.GetBridgePortRequest) -> pb.BridgePort:
         """A stub for any name, stored or not: no spec fields, no status."""

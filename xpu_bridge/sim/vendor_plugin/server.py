@@ -121,6 +121,11 @@ class SimVendorPlugin(FaultControls):
         return {name: clone(entry.msg) for name, entry in self._state.ports.entries.items()}
 
     @property
+    def deletions(self) -> list[tuple[float, str]]:
+        """(time.monotonic(), name) of every Delete that found its port, across restarts."""
+        return list(self._state.ports.deletions)
+
+    @property
     def capacity_left(self) -> int:
         """ACC interfaces still free for new ports."""
         return self._state.ports.capacity_left
