@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -94,6 +95,24 @@ class _StateCollector(Collector):
         yield repairs
 
 
+class _LoopCollector(Collector):
+    """Tasks of the event loop that answers the scrape (the daemon's only loop): a leak of
+    tasks shows as a count that only grows, which RSS alone would show much later."""
+
+    NAME = "xpu_bridge_event_loop_tasks"
+    HELP = "asyncio tasks alive in the daemon's event loop, the scrape's own included"
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # read outside a running loop (a test reading the registry)
+            return
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=tasks)
+
+
 class Metrics:
     """One registry per daemon, so several daemons (tests) never share counters."""
 
@@ -134,6 +153,7 @@ class Metrics:
         Gauge(
             "xpu_bridge_build_info", "Build information", ["version"], registry=self.registry
         ).labels(package_version()).set(1)
+        self.registry.register(_LoopCollector())
 
     def observe_opi(self, method: str, code: str, seconds: float) -> None:
         self.opi_requests.labels(method, code).inc()
