@@ -42,6 +42,18 @@ REFUSED_HINT = (
 ACCEPTED_OPER = (OperStatus.UP, OperStatus.UNSPECIFIED)
 
 
+def _assumed(spec: PortSpec) -> PortState:
+    """The port a Create may have made, as we asked for it (the name is the port ID)."""
+    return PortState(
+        name=spec.port_id,
+        port_id=spec.port_id,
+        mac=spec.mac,
+        ptype=spec.ptype,
+        logical_bridges=spec.logical_bridges,
+        oper=OperStatus.UP,
+    )
+
+
 class VendorPluginClient:
     """The HostAgent for a dpu-operator VSP, and its Device, Heartbeat and NF services."""
 
@@ -63,6 +75,8 @@ class VendorPluginClient:
         self._heartbeat = vendor_grpc.HeartbeatServiceStub(self._channel)
         self._functions = vendor_grpc.NetworkFunctionServiceStub(self._channel)
         self._known: dict[str, PortState] = {}
+        self._inits = 0  # Inits the plugin took (it was fresh: at our start or after a restart)
+        self._inits_told = 0  # ... of which start() has told its caller
 
     @property
     def endpoint(self) -> str:
@@ -77,20 +91,45 @@ class VendorPluginClient:
 
     async def start(self) -> bool:
         """Init, as dpu-operator calls it first; "already initialized" is success. A plugin
-        that takes Init again has restarted and lost its ports (it keeps them in memory)."""
+        that takes Init again has restarted and lost its ports (it keeps them in memory):
+        True then, and also when a Create took it there since the last start()."""
+        await self._init(self._calls.budget())
+        fresh, self._inits_told = self._inits != self._inits_told, self._inits
+        return fresh
+
+    async def _init(self, budget: Budget) -> None:
         request = vendor.InitRequest(dpu_mode=self._dpu_mode)
         try:
-            await self._calls.call("Init", self._life.Init, request, self._calls.budget())
+            await self._calls.call("Init", self._life.Init, request, budget)
         except grpc.aio.AioRpcError as error:
             if ALREADY_INITIALIZED in (error.details() or ""):
-                return False
+                return
             raise self._calls.failure("Init", error) from None
+        self._inits += 1
         log.info("vendor plugin at %s initialized (dpu_mode=%s)", self.endpoint, self._dpu_mode)
-        return True
+
+    async def _initialized_since(self, inits: int, budget: Budget) -> bool:
+        """Init now, in case the plugin restarted and refuses everything until it gets one:
+        whether it took an Init (this one or another caller's) since `inits` were counted."""
+        try:
+            await self._init(budget)
+        except PortError:
+            return False
+        return self._inits != inits
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:
         """Create by name; a stored port with another spec is deleted and created again."""
-        budget = self._calls.budget()
+        try:
+            return await self._ensure(spec, self._calls.budget())
+        except PortError as error:
+            if error.unreachable:
+                # A Create that timed out or lost its reply may have taken effect, and the
+                # plugin cannot list: the port counts as ours, so that a release pass deletes
+                # it (by name, idempotently) unless a container comes to hold the device.
+                self._known.setdefault(spec.port_id, _assumed(spec))
+            raise
+
+    async def _ensure(self, spec: PortSpec, budget: Budget) -> Attachment:
         created = spec.port_id not in self._known
         state = await self._create(spec, budget)
         if not state.matches(spec):
@@ -124,12 +163,24 @@ class VendorPluginClient:
                 ),
             ),
         )
+        inits = self._inits
         try:
             reply = await self._calls.call(
                 "CreateBridgePort", self._ports.CreateBridgePort, request, budget
             )
         except grpc.aio.AioRpcError as error:
-            raise self._calls.failure(f"CreateBridgePort {spec.port_id}", error) from None
+            failure = self._calls.failure(f"CreateBridgePort {spec.port_id}", error)
+            # A plugin that restarted refuses every Create until its next Init, which the
+            # heartbeat sends only seconds later: Init now, and if that (or another) Init
+            # made it ready since this Create went out, send the Create once more.
+            if failure.unreachable or not await self._initialized_since(inits, budget):
+                raise failure from None
+            try:
+                reply = await self._calls.call(
+                    "CreateBridgePort", self._ports.CreateBridgePort, request, budget
+                )
+            except grpc.aio.AioRpcError as again:
+                raise self._calls.failure(f"CreateBridgePort {spec.port_id}", again) from None
         return port_state(reply)
 
     async def get_port(self, name: str) -> PortState | None:
@@ -137,7 +188,8 @@ class VendorPluginClient:
         return self._known.get(port_id_from_name(name))
 
     async def list_ports(self, seconds: float | None = None) -> list[PortState]:
-        """The ports this daemon made or adopted: the plugin's List is always empty."""
+        """The ports this daemon made, adopted or may have made (a Create that timed out or
+        lost its reply): the plugin's List is always empty."""
         return list(self._known.values())
 
     async def delete_port(self, name: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 ALL_METHODS = "*"
+LOST_REPLY = "simulated connection lost after the call took effect"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -39,6 +40,7 @@ class Faults:
     latency: dict[str, float] = field(default_factory=dict)
     errors: dict[str, _ErrorRule] = field(default_factory=dict)
     queued: dict[str, list[grpc.StatusCode]] = field(default_factory=dict)
+    lost_replies: dict[str, int] = field(default_factory=dict)
     unavailable_until: float | None = None
 
     def unavailable(self) -> bool:
@@ -57,6 +59,14 @@ class Faults:
         if rule is not None and rule.rate > 0 and self.rng.random() < rule.rate:
             return rule.code, rule.message
         return None
+
+    def reply_lost(self, method: str) -> bool:
+        """Whether this call's reply is lost after its handler ran (one of lose_replies())."""
+        for key in (method, ALL_METHODS):
+            if self.lost_replies.get(key, 0) > 0:
+                self.lost_replies[key] -= 1
+                return True
+        return False
 
     # edits, behind FaultControls' methods of the same names -------------------------------
 
@@ -80,6 +90,9 @@ class Faults:
     def fail_next(self, method: str, count: int, code: grpc.StatusCode) -> None:
         self.queued.setdefault(method, []).extend([code] * count)
 
+    def lose_replies(self, method: str, count: int) -> None:
+        self.lost_replies[method] = self.lost_replies.get(method, 0) + count
+
     def set_unavailable(self, seconds: float | None) -> None:
         self.unavailable_until = math.inf if seconds is None else time.monotonic() + seconds
 
@@ -87,6 +100,7 @@ class Faults:
         self.latency.clear()
         self.errors.clear()
         self.queued.clear()
+        self.lost_replies.clear()
         self.unavailable_until = None
 
 
@@ -115,6 +129,12 @@ class FaultControls:
         """Fail exactly the next `count` calls to `method` (or "*"): deterministic retries."""
         self.faults.fail_next(method, count, code)
 
+    def lose_replies(self, method: str, count: int = 1) -> None:
+        """The next `count` calls to `method` (or "*", unary ones) take effect, then the
+        connection drops before the reply: the caller gets UNAVAILABLE (LOST_REPLY) for a
+        call that did happen, as when an agent or the link dies between commit and answer."""
+        self.faults.lose_replies(method, count)
+
     def set_unavailable(self, seconds: float | None = None) -> None:
         """Every RPC answers UNAVAILABLE for `seconds`, or until clear_unavailable()."""
         self.faults.set_unavailable(seconds)
@@ -126,11 +146,15 @@ class FaultControls:
         self.faults.clear()
 
 
-def _gated_unary(inner: Callable[..., Any], gate: Gate) -> Callable[[Any, Context], Awaitable[Any]]:
+def _gated_unary(
+    inner: Callable[..., Any], gate: Gate, after: Gate
+) -> Callable[[Any, Context], Awaitable[Any]]:
     async def handle(request: Any, context: Context) -> Any:
         await gate(context)
         result = inner(request, context)
-        return await result if inspect.isawaitable(result) else result
+        reply = await result if inspect.isawaitable(result) else result
+        await after(context)
+        return reply
 
     return handle
 
@@ -159,17 +183,18 @@ def _gated_stream(inner: Callable[..., Any], gate: Gate) -> Callable[[Any, Conte
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler[Req, Resp], gate: Gate
+    handler: grpc.RpcMethodHandler[Req, Resp], gate: Gate, after: Gate
 ) -> grpc.RpcMethodHandler[Req, Resp]:
-    """The same handler with `gate` run first, rebuilt with the factory grpc built it with."""
+    """The same handler with `gate` run first (and, for unary replies, `after` once it has
+    run), rebuilt with the factory grpc built it with."""
     decode, encode = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _gated_unary(handler.unary_unary, gate), decode, encode
+            _gated_unary(handler.unary_unary, gate, after), decode, encode
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _gated_unary(handler.stream_unary, gate), decode, encode
+            _gated_unary(handler.stream_unary, gate, after), decode, encode
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
@@ -183,7 +208,8 @@ def _wrap_handler(
 
 
 class FaultInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC and applies the fault plan before the real handler runs."""
+    """Counts every RPC and applies the fault plan before the real handler runs (and loses
+    the reply after it ran, when told to)."""
 
     def __init__(self, calls: Counter[str], faults: Faults) -> None:
         self._calls = calls
@@ -200,7 +226,9 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        return _wrap_handler(handler, functools.partial(self._gate, method))
+        return _wrap_handler(
+            handler, functools.partial(self._gate, method), functools.partial(self._after, method)
+        )
 
     async def _gate(self, method: str, context: Context) -> None:
         self._calls[method] += 1
@@ -212,3 +240,7 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
         failure = self._faults.error(method)
         if failure is not None:
             await context.abort(*failure)
+
+    async def _after(self, method: str, context: Context) -> None:
+        if self._faults.reply_lost(method):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, LOST_REPLY)
