@@ -35,7 +35,7 @@ from xpu_bridge.sim.host_agent.faults import LOST_REPLY
 from xpu_bridge.sim.kubelet import AdmissionError, Container
 from xpu_bridge.sim.polling import wait_until
 
-SEED = os.environ.get("XPU_BRIDGE_FAULT_SEED", "1")
+SEED = os.environ.get("XPU_BRIDGE_FAULTS_SEED", "1")
 """Seeds every test's RNG, with the fault's and the backend's names (override to explore)."""
 BACKENDS = {"node": "opi-evpn-bridge", "vsp_node": "dpu-vendor-plugin"}
 RELEASE = {"intervalSeconds": 0.2, "graceSeconds": 0, "holdoffSeconds": 0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 
@@ -54,6 +55,20 @@ def _assumed(spec: PortSpec) -> PortState:
     )
 
 
+@dataclass
+class InitCount:
+    """Inits the plugin took (each means it was fresh: at our start or after a restart), and
+    how many of them start() has reported, so a fresh plugin a Create found is reported too."""
+
+    taken: int = 0
+    told: int = 0
+
+    def news(self) -> bool:
+        """Whether the plugin took an Init since the last call."""
+        fresh, self.told = self.taken != self.told, self.taken
+        return fresh
+
+
 class VendorPluginClient:
     """The HostAgent for a dpu-operator VSP, and its Device, Heartbeat and NF services."""
 
@@ -75,8 +90,7 @@ class VendorPluginClient:
         self._heartbeat = vendor_grpc.HeartbeatServiceStub(self._channel)
         self._functions = vendor_grpc.NetworkFunctionServiceStub(self._channel)
         self._known: dict[str, PortState] = {}
-        self._inits = 0  # Inits the plugin took (it was fresh: at our start or after a restart)
-        self._inits_told = 0  # ... of which start() has told its caller
+        self._inits = InitCount()
 
     @property
     def endpoint(self) -> str:
@@ -94,8 +108,7 @@ class VendorPluginClient:
         that takes Init again has restarted and lost its ports (it keeps them in memory):
         True then, and also when a Create took it there since the last start()."""
         await self._init(self._calls.budget())
-        fresh, self._inits_told = self._inits != self._inits_told, self._inits
-        return fresh
+        return self._inits.news()
 
     async def _init(self, budget: Budget) -> None:
         request = vendor.InitRequest(dpu_mode=self._dpu_mode)
@@ -105,7 +118,7 @@ class VendorPluginClient:
             if ALREADY_INITIALIZED in (error.details() or ""):
                 return
             raise self._calls.failure("Init", error) from None
-        self._inits += 1
+        self._inits.taken += 1
         log.info("vendor plugin at %s initialized (dpu_mode=%s)", self.endpoint, self._dpu_mode)
 
     async def _initialized_since(self, inits: int, budget: Budget) -> bool:
@@ -115,7 +128,7 @@ class VendorPluginClient:
             await self._init(budget)
         except PortError:
             return False
-        return self._inits != inits
+        return self._inits.taken != inits
 
     async def ensure_port(self, spec: PortSpec) -> Attachment:
         """Create by name; a stored port with another spec is deleted and created again."""
@@ -163,7 +176,7 @@ class VendorPluginClient:
                 ),
             ),
         )
-        inits = self._inits
+        inits = self._inits.taken
         try:
             reply = await self._calls.call(
                 "CreateBridgePort", self._ports.CreateBridgePort, request, budget
