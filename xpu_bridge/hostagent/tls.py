@@ -68,7 +68,8 @@ def certificate_validity(path: Path) -> Validity | None:
         dates = _certificate_dates(path)
         not_before = ssl.cert_time_to_seconds(dates["notBefore"])
         not_after = ssl.cert_time_to_seconds(dates["notAfter"])
-    except (OSError, KeyError, ValueError):  # ssl.SSLError is an OSError
+    # ssl.SSLError is an OSError; AttributeError if a Python drops the private reader.
+    except (OSError, KeyError, ValueError, AttributeError):
         return None
     return Validity(datetime.fromtimestamp(not_before, UTC), datetime.fromtimestamp(not_after, UTC))
 
