@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
@@ -217,3 +218,14 @@ async def test_hook_socket_path_that_is_a_file_is_refused_not_deleted(node: Node
     assert errors == [
         f"xpu-bridge: release.hookSocket: {precious} exists and is not a socket; not removing it"
     ]
+
+
+def test_version_prints_the_package_version_and_exits_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xpu_bridge.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"xpu-bridge {version('xpu-bridge')}"

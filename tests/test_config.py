@@ -479,3 +479,33 @@ def test_a_repeated_json_key_the_walk_misses_is_still_named(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == ["not valid JSON: key 'b' appears twice in one object"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "vendors: [8086]",
+            "resourceList[0].selectors[0].vendors[0]: 8086 is a number, not a hex ID: quote "
+            'each ID, e.g. ["8086", "0154"] (YAML reads unquoted digits as a number, and a '
+            "leading 0 as octal)",
+            id="decimal",
+        ),
+        pytest.param(
+            'vendors: ["8086"], devices: ["1889", 0154]',
+            "resourceList[0].selectors[0].devices[1]: 108 is a number, not a hex ID: quote "
+            'each ID, e.g. ["8086", "0154"] (YAML reads unquoted digits as a number, and a '
+            "leading 0 as octal)",
+            id="octal",
+        ),
+    ],
+)
+def test_an_unquoted_hex_id_says_to_quote_it(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "resourceList:\n- resourceName: red\n"
+        f"  selectors: [{{{text}}}]\n  bridgePort: {{logicalBridges: [a]}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [expected]

@@ -19,6 +19,7 @@ from xpu_bridge.common.errors import ProblemsError
 from xpu_bridge.config import Config, ConfigError, ResourceConfig, load_config
 from xpu_bridge.daemon import Daemon, DaemonOptions
 from xpu_bridge.logs import setup_logging
+from xpu_bridge.ops.metrics import package_version
 
 log = logging.getLogger("xpu_bridge")
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: info (warning for simulate)",
     )
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--version", action="version", version=f"xpu-bridge {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = commands.add_parser("run", help="run the node daemon")

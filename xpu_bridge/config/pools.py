@@ -70,6 +70,22 @@ class Selector(StrictModel):
     root_devices: list[str] | None = Field(default=None, alias="rootDevices")
     aux_types: list[str] | None = Field(default=None, alias="auxTypes")
 
+    @field_validator("vendors", "devices", mode="before")
+    @classmethod
+    def _quoted(cls, values: object) -> object:
+        """`vendors: [8086]` is what everyone writes first; YAML reads it as a number (and
+        `0154` as the octal number 108), so the text cannot be recovered: say how to write it."""
+        if isinstance(values, list):
+            for index, value in enumerate(values):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    raise field_error(
+                        (index,),
+                        f"{value} is a number, not a hex ID: quote each ID, e.g. "
+                        '["8086", "0154"] (YAML reads unquoted digits as a number, and a '
+                        "leading 0 as octal)",
+                    )
+        return values
+
     @field_validator("vendors", "devices")
     @classmethod
     def _hex_ids(cls, values: list[str] | None) -> list[str] | None:
