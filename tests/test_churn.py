@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from daemon_process import DaemonProcess, all_healthy
+from invariants import pod_resources_held
 from simnode import BLUE, BRIDGES, GREEN, RED, Node, node_config
 
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
-from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
-from opi_protos.kubelet.podresources.v1 import api_pb2_grpc as pr_grpc
 from xpu_bridge.common.pci import mac_text
 from xpu_bridge.config import Config, parse_config
 from xpu_bridge.hostagent.port_ids import parse_port_id
@@ -59,7 +58,6 @@ HARD_FAULTS = 5  # CreateBridgePort answers UNKNOWN (a validation error): never 
 RELEASE = {"intervalSeconds": 0.2, "graceSeconds": 0.3, "holdoffSeconds": 1.0}
 AGENT_DOWNTIME = 0.3
 PR_EMPTY_FOR = 0.5
-READY_TIMEOUT = 30.0
 CONVERGE_TIMEOUT = 30.0
 REPAIR_ALLOWANCE = 3.0  # after the agent restart: passes, retries and hard faults included
 PTYPES = {"access": opi.BRIDGE_PORT_TYPE_ACCESS, "trunk": opi.BRIDGE_PORT_TYPE_TRUNK}
@@ -258,87 +256,6 @@ class Churn:
         return problems
 
 
-class DaemonProcess:
-    """`xpu-bridge run` as a subprocess; each start logs to its own file."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.process: asyncio.subprocess.Process | None = None
-        self.logs: list[Path] = []
-
-    async def start(self) -> None:
-        after = time.monotonic()
-        log = self.node.root / f"daemon-{len(self.logs)}.log"
-        self.logs.append(log)
-        with log.open("wb") as out:  # a file, not a pipe nobody reads: the daemon logs a lot
-            self.process = await asyncio.create_subprocess_exec(
-                *self.node.run_command(), stdout=asyncio.subprocess.DEVNULL, stderr=out
-            )
-        ready = asyncio.create_task(wait_ready(self.node.kubelet, after))
-        exited = asyncio.create_task(self.process.wait())
-        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            raise AssertionError(
-                f"daemon exited {self.process.returncode} before registering:\n{self.log_tail()}"
-            )
-        exited.cancel()
-        ready.result()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> int | None:
-        if self.process is None or self.process.returncode is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-            return None
-
-    def log_text(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')}" for path in self.logs
-        )
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-async def wait_ready(kubelet: SimKubelet, after: float) -> None:
-    """Registered again after `after`, and every device healthy in the kubelet's view."""
-    for resource in RESOURCES:
-        await kubelet.wait_registered(resource, after=after, timeout=READY_TIMEOUT)
-        await kubelet.wait_for_devices(
-            resource,
-            lambda ds, n=CAPACITY[resource]: (
-                len(ds) == n and all(d.health == "Healthy" for d in ds)
-            ),
-            timeout=READY_TIMEOUT,
-        )
-
-
-async def pod_resources_held(socket: str) -> set[Key]:
-    """A real PodResources List over gRPC, as the daemon reads it."""
-    async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
-        reply = await pr_grpc.PodResourcesListerStub(channel).List(
-            pr.ListPodResourcesRequest(), timeout=5
-        )
-    return {
-        (devices.resource_name, device_id)
-        for pod in reply.pod_resources
-        for container in pod.containers
-        for devices in container.devices
-        if devices.resource_name in RESOURCES
-        for device_id in devices.device_ids
-    }
-
-
 def devinfo_name(resource: str, device_id: str) -> str:
     return f"{resource.replace('/', '-')}-{device_id}-device.json"
 
@@ -376,7 +293,7 @@ async def test_churn_500_pods_with_faults_keeps_ports_and_holders_consistent(
     kubelet = SimKubelet(root / "dp", root / "pr.sock")
     await kubelet.start()
     node = Node(root, sysfs, agent, kubelet, raw_config)
-    daemon = DaemonProcess(node)
+    daemon = DaemonProcess(node, CAPACITY)
 
     # Fault points, spread over the run in a seeded order; hard faults anywhere.
     events = rng.sample(["agent_restart", "kubelet_restart", "daemon_kill"], 3)
@@ -432,7 +349,7 @@ async def test_churn_500_pods_with_faults_keeps_ports_and_holders_consistent(
                     name = rng.choice(sorted(churn.live))
                     kubelet.delete_pod(name)
                     churn.deleted(name)
-                await wait_ready(kubelet, after)
+                await all_healthy(kubelet, CAPACITY, after)
             elif event == "agent_restart":
                 # A real agent keeps ports in memory: a restart loses them all (drop_state),
                 # and the reconciler must give the held ones back. The restart overlaps this
@@ -502,7 +419,7 @@ async def test_churn_500_pods_with_faults_keeps_ports_and_holders_consistent(
         deadline = time.monotonic() + CONVERGE_TIMEOUT
         while problems and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            held = await pod_resources_held(kubelet.pod_resources_socket)
+            held = await pod_resources_held(node)
             problems = churn.final_problems(agent, held, node.devinfo_dir)
         converged = time.monotonic() - churned
         # Not an invariant: a port the xPU lost while no one held it leaves its file behind

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import random
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from daemon_process import DaemonProcess, all_healthy
 from invariants import Holds, converge, expected_ports
 from records import FaultResult
 from simnode import Node, VspNode
@@ -182,17 +182,6 @@ class Churn:
             await asyncio.sleep(self.pods.rng.uniform(0.0, 0.03))
 
 
-async def all_healthy(node: Node, capacity: dict[str, int], after: float) -> None:
-    """Every pool registered at or after `after`, with all its devices Healthy."""
-    for resource, count in capacity.items():
-        await node.kubelet.wait_registered(resource, after=after, timeout=READY_TIMEOUT)
-        await node.kubelet.wait_for_devices(
-            resource,
-            lambda ds, n=count: len(ds) == n and all(d.health == "Healthy" for d in ds),
-            timeout=READY_TIMEOUT,
-        )
-
-
 # ---------------------------------------------------------------- (a) kubelet restart
 
 
@@ -240,7 +229,7 @@ async def test_kubelet_restart_during_admission_keeps_held_ports(
         pods.delete()
         await admission
         await pods.admit()
-        await all_healthy(node, capacity, after=back)
+        await all_healthy(node.kubelet, capacity, after=back)
         registered.append(time.monotonic() - back)
         await converge(node, holds)
         recoveries.append(time.monotonic() - back)
@@ -266,60 +255,6 @@ async def test_kubelet_restart_during_admission_keeps_held_ports(
 
 
 # ---------------------------------------------------------------- (b) daemon SIGKILL
-
-
-class DaemonProcess:
-    """`xpu-bridge run` for a node as a subprocess; each start logs to its own file."""
-
-    def __init__(self, node: Node, capacity: dict[str, int]) -> None:
-        self.node = node
-        self.capacity = capacity
-        self.process: asyncio.subprocess.Process | None = None
-        self.logs: list[Path] = []
-
-    async def start(self) -> None:
-        """Spawn it and wait until every pool is registered again with healthy devices."""
-        after = time.monotonic()
-        log = self.node.root / f"daemon-{len(self.logs):02d}.log"
-        self.logs.append(log)
-        with log.open("wb") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.node.run_command(), stdout=asyncio.subprocess.DEVNULL, stderr=out
-            )
-        ready = asyncio.create_task(all_healthy(self.node, self.capacity, after))
-        exited = asyncio.create_task(self.process.wait())
-        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        exited.cancel()
-        if not ready.done():
-            ready.cancel()
-            raise AssertionError(
-                f"daemon exited {self.process.returncode} before it was ready:\n{self.tail()}"
-            )
-        ready.result()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self) -> int | None:
-        """SIGTERM; its exit code, or None if it had to be killed (or never ran)."""
-        if self.process is None or self.process.returncode is not None:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            await self.kill()
-            return None
-
-    def text(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')}" for path in self.logs
-        )
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.text().splitlines()[-lines:])
 
 
 def allocate_in_flight(node: Node) -> bool:
@@ -361,8 +296,8 @@ async def test_daemon_sigkill_at_random_points_of_a_churn(
             await converge(node, holds)
             recoveries.append(time.monotonic() - respawned)
         await churn.pause()
-        assert await daemon.stop() == 0, daemon.tail()
-        logs = daemon.text()
+        assert await daemon.stop() == 0, daemon.log_tail()
+        logs = daemon.log_text()
         assert "Traceback" not in logs, logs[-5000:]
     finally:
         await churn.stop()

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import time
 import urllib.request
 from collections import Counter
@@ -18,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from daemon_process import DaemonProcess
 from records import FaultResult
 from simnode import (
     BLUE,
@@ -72,46 +72,18 @@ class Sample:
         return f"cycle {self.cycle:>6,}: RSS {rss:6.1f} MiB, fds {self.fds}, tasks {self.tasks}"
 
 
-@dataclass
-class SoakDaemon:
-    """`xpu-bridge run` as a subprocess, logging to a file; its metrics port read from the log."""
+class SoakDaemon(DaemonProcess):
+    """The daemon subprocess, with its metrics port read from its log."""
 
-    node: Node
-    process: asyncio.subprocess.Process | None = None
+    ready_timeout = READY_TIMEOUT
     metrics_port: int | None = None
 
-    @property
-    def log(self) -> Path:
-        return self.node.root / "daemon.log"
-
-    async def start(self, capacity: dict[str, int]) -> None:
-        with self.log.open("wb") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.node.run_command(), stdout=asyncio.subprocess.DEVNULL, stderr=out
-            )
-        kubelet = self.node.kubelet
-        for resource, count in capacity.items():
-            await kubelet.wait_registered(resource, timeout=READY_TIMEOUT)
-            await kubelet.wait_for_devices(
-                resource,
-                lambda ds, n=count: len(ds) == n and all(d.health == "Healthy" for d in ds),
-                timeout=READY_TIMEOUT,
-            )
+    async def start(self) -> None:
+        await super().start()
         await wait_until(lambda: METRICS_LINE.search(self.log.read_text()), READY_TIMEOUT)
         match = METRICS_LINE.search(self.log.read_text())
         assert match is not None
         self.metrics_port = int(match.group(1))
-
-    async def stop(self) -> int | None:
-        if self.process is None or self.process.returncode is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-            return None
 
     async def metrics(self) -> Counter[str]:
         """Each series by name, summed over its labels; and each labelled one by
@@ -327,11 +299,11 @@ async def test_soak_allocate_release_cycles_leak_nothing(
     total = int(os.environ.get("XPU_BRIDGE_SOAK_CYCLES", CYCLES[backend]))
     groups = GROUPS[backend]
     node = await make_node(backend, short_root)
-    daemon = SoakDaemon(node)
+    daemon = SoakDaemon(node, {**groups[0], **groups[1]})
     soak = Soak(backend, node, daemon, groups)
     began = time.monotonic()
     try:
-        await daemon.start({**groups[0], **groups[1]})
+        await daemon.start()
         await soak.run(total)
         seconds = time.monotonic() - began
         figures = await daemon.metrics()
