@@ -111,7 +111,8 @@ def test_run_with_bad_sysfs_root_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == f"xpu-bridge: error: --sysfs-root: {tmp_path / 'nope'} is not a directory"
+        == f"xpu-bridge: error: --sysfs-root: {tmp_path / 'nope'} is not a directory; point "
+        "--sysfs-root at the host's /sys"
     )
 
 

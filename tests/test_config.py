@@ -301,9 +301,9 @@ def test_check_config_cli_reports_each_problem(tmp_path: Path) -> None:
 def test_check_config_cli_summary(tmp_path: Path) -> None:
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(VALID))
-    result = run_cli("check-config", "--config", str(path))
+    result = run_cli("check-config", "--config-only", "--config", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("opi.io/red: netDevice, access port on //network")
+    assert result.stdout.splitlines()[1].startswith("opi.io/red: netDevice, access port on //")
 
 
 def test_cli_usage_error_is_one_line() -> None:

@@ -34,7 +34,13 @@ ALLOWED: dict[str, set[str]] = {
     "xpu_bridge.ops": BASE | PORT_MODEL | {"xpu_bridge.node"},
 }
 EVERYTHING_BUT_SIM = {"xpu_bridge", "opi_protos"}
-WIRING = {"xpu_bridge.daemon", "xpu_bridge.cli", "xpu_bridge.backends", "xpu_bridge.paths"}
+WIRING = {
+    "xpu_bridge.daemon",
+    "xpu_bridge.cli",
+    "xpu_bridge.backends",
+    "xpu_bridge.paths",
+    "xpu_bridge.checks",
+}
 
 
 def module_name(path: Path) -> str:

@@ -13,8 +13,8 @@ from simnode import BLUE, RED, Node, eventually
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from xpu_bridge.common.version import package_version
 from xpu_bridge.kubelet.endpoint import socket_name
-from xpu_bridge.ops.metrics import package_version
 from xpu_bridge.sim.kubelet import AdmissionError, Container
 
 

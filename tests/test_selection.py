@@ -143,7 +143,9 @@ def test_resource_prefix_is_part_of_the_key(node: dict[str, Device]) -> None:
     assert list(assign(config(red), node.values()).pools) == ["example.com/red"]
 
 
-def test_overlap_is_a_conflict_and_first_pool_wins(node: dict[str, Device]) -> None:
+def test_overlap_is_a_conflict_naming_both_pools_the_device_and_the_fix(
+    node: dict[str, Device],
+) -> None:
     cfg = config(
         pool("red", {"pciAddresses": [VF]}),
         pool("blue", {"pfNames": ["ens1f0#1"]}),
@@ -152,8 +154,20 @@ def test_overlap_is_a_conflict_and_first_pool_wins(node: dict[str, Device]) -> N
     assert ids(result.pools["opi.io/red"]) == [VF]
     assert result.pools["opi.io/blue"] == ()
     assert result.conflicts == (
-        f"device {VF} matches both opi.io/red (resourceList[0]) and opi.io/blue "
-        "(resourceList[1]); it joins opi.io/red (first match wins)",
+        f"opi.io/red (resourceList[0]) and opi.io/blue (resourceList[1]) both select device "
+        f"{VF}, and a device joins one pool only: narrow the selectors of one of them "
+        "(pfNames ranges such as ens1f0#0-3 and ens1f0#4-7 split a PF's VFs); "
+        "`xpu-bridge inventory --config ...` shows what each device matches",
+    )
+    assert "first match wins" not in result.conflicts[0]
+
+
+def test_overlap_on_many_devices_is_one_line_per_pair_of_pools(node: dict[str, Device]) -> None:
+    cfg = config(pool("red", {"pfNames": ["ens1f0"]}), pool("blue", {"pfNames": ["ens1f0#0-5"]}))
+    [line] = assign(cfg, node.values()).conflicts
+    assert line.startswith(
+        "opi.io/red (resourceList[0]) and opi.io/blue (resourceList[1]) both select 6 devices "
+        "(0000:3b:02.0, 0000:3b:02.1, 0000:3b:02.2 and 3 more)"
     )
 
 
@@ -194,7 +208,8 @@ def test_explain_joining(node: dict[str, Device]) -> None:
     )
     assert explain(cfg, node["0000:3b:02.3"]) == (
         "0000:3b:02.3 joins opi.io/red (resourceList[0]); it also matches "
-        "opi.io/blue (resourceList[1]) (conflict, first match wins)"
+        "opi.io/blue (resourceList[1]): a conflict, which run and check-config refuse until "
+        "only one pool's selectors match it"
     )
     assert explain(cfg, node["0000:3b:0a.0"]).startswith("0000:3b:0a.0 joins no pool: ")
 

@@ -422,6 +422,7 @@ def test_a_directory_or_a_non_pem_file_is_refused(pki: Pki) -> None:
 
 def test_run_with_a_missing_ca_file_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "ca.pem"
+    (tmp_path / "bus" / "pci" / "devices").mkdir(parents=True)  # an empty sysfs
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -1,32 +1,39 @@
-"""Command line: `run`, `check-config`, and commands that other packages contribute."""
+"""Command line: `run`, `check-config`, and commands that other packages contribute.
+
+Only argparse and asyncio load at start: each command imports what it needs when it runs, so
+`--help` and usage errors answer at once. Exit codes are the same for every command
+(README "Exit codes").
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xpu_bridge.common.addresses import parse_host_port
-from xpu_bridge.common.errors import ProblemsError
-from xpu_bridge.config import Config, ConfigError, ResourceConfig, load_config
-from xpu_bridge.daemon import Daemon, DaemonOptions
+from xpu_bridge.common.version import package_version
 from xpu_bridge.logs import setup_logging
-from xpu_bridge.ops.metrics import package_version
+
+if TYPE_CHECKING:
+    from xpu_bridge.config import Config
+    from xpu_bridge.daemon import DaemonOptions
 
 log = logging.getLogger("xpu_bridge")
 
 COMMAND_GROUP = "xpu_bridge.commands"
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_FAILURE = 1  # cannot start or go on: the node, a directory, the host agent
+EXIT_USAGE = 2  # a flag or the config is wrong (the config's TLS files and pools included)
+EXIT_WARNINGS = 3  # check-config: valid, with warnings (what run logs and runs with)
+EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -46,6 +53,15 @@ class OneLineParser(argparse.ArgumentParser):
 def existing_dir(flag: str, value: Path) -> Path:
     if not value.is_dir():
         raise UsageError(f"{flag}: {value} is not a directory")
+    return value
+
+
+def sysfs_root(flag: str, value: Path) -> Path:
+    from xpu_bridge.paths import sysfs_problem
+
+    problem = sysfs_problem(flag, value)
+    if problem is not None:
+        raise UsageError(problem)
     return value
 
 
@@ -105,9 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print /debug/state as it is")
     status.set_defaults(handler=status_command)
 
-    check = commands.add_parser("check-config", help="validate a config (and what it selects)")
+    check = commands.add_parser(
+        "check-config",
+        help="every start-up check of run, without serving (exit 3: valid, with warnings)",
+    )
     check.add_argument("--config", type=Path, required=True)
-    check.add_argument("--sysfs-root", type=Path, default=None)
+    add_daemon_paths(check)
+    check.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check the file alone, not the node (sysfs, directories, kubelet sockets)",
+    )
+    check.add_argument(
+        "--agent", action="store_true", help="also ask the host agent: reachable, bridges there"
+    )
+    check.add_argument("--agent-timeout", type=float, default=10.0, help="seconds (default 10)")
     check.set_defaults(handler=check_config_command)
 
     release = commands.add_parser(
@@ -123,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
+    from xpu_bridge.daemon import DaemonOptions
+
     if args.metrics_address:
         try:
             parse_host_port(args.metrics_address)
@@ -132,7 +162,7 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
         config=config,
         kubelet_dir=args.kubelet_dir,
         pod_resources_socket=args.pod_resources_socket,
-        sysfs_root=existing_dir("--sysfs-root", args.sysfs_root),
+        sysfs_root=sysfs_root("--sysfs-root", args.sysfs_root),
         devinfo_dir=args.devinfo_dir,
         metrics_address=args.metrics_address or None,
         debug_state_remote=args.debug_state_remote,
@@ -141,6 +171,8 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
 
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
     """Start, serve until `stop` is set, then shut down cleanly."""
+    from xpu_bridge.daemon import Daemon
+
     daemon = await Daemon.create(options)
     starting = asyncio.create_task(daemon.start())
     stopping = asyncio.create_task(stop.wait())
@@ -167,44 +199,56 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def run_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from xpu_bridge.checks import config_warnings
+
+    config: Config = args.loaded_config
     options = daemon_options(args, config)
+    for warning in config_warnings(config):
+        log.warning("config %s: %s", args.config, warning)
     await run_daemon(options, stop_on_signals())
     return EXIT_OK
 
 
 async def check_config_command(args: argparse.Namespace) -> int:
-    from xpu_bridge.node.inventory import discover
-    from xpu_bridge.node.selection import assign
+    from xpu_bridge.checks import (
+        CheckReport,
+        NodePaths,
+        check_agent,
+        check_config_file,
+        check_node,
+        describe,
+    )
 
-    config = load_config(args.config)
-    if args.sysfs_root is None:
+    config: Config = args.loaded_config
+    report = CheckReport(lines=[f"config {args.config}: valid"])
+    check_config_file(config, report)
+    if args.config_only:
         for resource in config.resource_list:
-            print(f"{config.full_resource_name(resource)}: {_describe(resource)}")
-        return EXIT_OK
-    inventory = discover(existing_dir("--sysfs-root", args.sysfs_root))
-    assignment = assign(config, inventory.devices)
-    if assignment.conflicts:
-        for conflict in assignment.conflicts:
-            print(f"resourceList: {conflict}")
-        return EXIT_USAGE
-    for resource in config.resource_list:
-        name = config.full_resource_name(resource)
-        count = len(assignment.pools.get(name, ()))
-        print(f"{name}: {count} device(s), {_describe(resource)}")
-    print(f"unmatched: {len(assignment.unmatched)} device(s)")
-    return EXIT_OK
+            report.lines.append(f"{config.full_resource_name(resource)}: {describe(resource)}")
+    else:
+        root = sysfs_root("--sysfs-root", args.sysfs_root)
+        paths = NodePaths(args.kubelet_dir, args.pod_resources_socket, root, args.devinfo_dir)
+        check_node(config, paths, report)
+    if args.agent:
+        report.lines.extend(await check_agent(config, args.sysfs_root, args.agent_timeout))
+    for line in report.lines:
+        print(line)
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return report.exit_code
 
 
 async def inventory_command(args: argparse.Namespace) -> int:
     from xpu_bridge.ops.reports import inventory_report
 
-    config = load_config(args.config) if args.config else None
-    print(inventory_report(existing_dir("--sysfs-root", args.sysfs_root), config, args.json))
+    config: Config | None = args.loaded_config
+    print(inventory_report(sysfs_root("--sysfs-root", args.sysfs_root), config, args.json))
     return EXIT_OK
 
 
 async def status_command(args: argparse.Namespace) -> int:
+    import json
+
     from xpu_bridge.ops.reports import fetch_state, status_report
 
     try:
@@ -229,16 +273,19 @@ async def release_command(args: argparse.Namespace) -> int:
     return EXIT_OK if result.released else EXIT_FAILURE
 
 
-def _describe(resource: ResourceConfig) -> str:
-    return f"{resource.device_type}, {resource.bridge_port.describe()}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level or getattr(args, "log_level_default", "info"), args.log_format)
     handler: Handler = args.handler
+    from xpu_bridge.common.errors import ProblemsError
+    from xpu_bridge.config import ConfigError, load_config
+
     try:
+        # Read before the event loop runs: asyncio.run turns the first Ctrl-C into a
+        # cancellation that a long synchronous parse would never see.
+        config_path = getattr(args, "config", None)
+        args.loaded_config = load_config(config_path) if config_path is not None else None
         return asyncio.run(handler(args))
     except ConfigError as error:
         for problem in error.problems:
@@ -256,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xpu-bridge: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

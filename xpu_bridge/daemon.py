@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xpu_bridge.backends import Backend
-from xpu_bridge.common.errors import StartupError
+from xpu_bridge.checks import conflict_problems, empty_pool_warning, written_directories
 from xpu_bridge.common.loops import LoopSupervisor
-from xpu_bridge.config import Config
+from xpu_bridge.config import Config, ConfigError
 from xpu_bridge.hostagent.ports import HostAgent
 from xpu_bridge.hostagent.startup import wait_until_usable
 from xpu_bridge.kubelet.endpoint import PluginEndpoint
@@ -100,12 +100,11 @@ class Daemon:
 
     @classmethod
     async def create(cls, options: DaemonOptions) -> Daemon:
-        """Scan sysfs and build every part; raises StartupError when pools would overlap. The
+        """Scan sysfs and build every part; raises ConfigError when pools would overlap. The
         channels opened here are closed again if anything after them fails."""
-        directories = {"--kubelet-dir": options.kubelet_dir, "--devinfo-dir": options.devinfo_dir}
-        if options.config.release.hook_socket is not None:
-            directories["release.hookSocket"] = options.config.release.hook_socket.parent
-        check_writable(directories)
+        check_writable(
+            written_directories(options.config, options.kubelet_dir, options.devinfo_dir)
+        )
         lock = InstanceLock(options.kubelet_dir)
         lock.acquire()
         metrics = Metrics()
@@ -131,7 +130,7 @@ class Daemon:
         config = options.config
         found = await scan(config, options.sysfs_root)
         if found.assignment.conflicts:
-            raise StartupError(list(found.assignment.conflicts))
+            raise ConfigError(conflict_problems(found.assignment.conflicts))
         pools = await PoolSet.build(config, found.assignment, found.naming)
         leases = DeviceLeases(config.release.grace_seconds)
         devinfo = DevInfoStore(options.devinfo_dir)
@@ -169,6 +168,8 @@ class Daemon:
             backend.heartbeat.on_outage = reconciler.note_outage
         for pool in pools:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
+            if len(pool) == 0:
+                log.warning("%s", empty_pool_warning(pool.resource_name, options.sysfs_root))
         return cls(options, metrics, pools, backend, pod_resources, registrar, reconciler)
 
     @property

@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xpu_bridge.common.errors import CallFailed
 from xpu_bridge.common.pci import mac_text
-from xpu_bridge.hostagent.ports import Attachment, PortAttacher, PortError
+from xpu_bridge.hostagent.ports import Attachment, PortAttacher, PortError, PortState
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.network_functions import (
@@ -86,13 +87,16 @@ class Allocator:
         devinfo: DevInfoStore,
         leases: DeviceLeases,
         functions: NetworkFunctions | None = None,
+        on_attached: Callable[[PortState], None] | None = None,
     ) -> None:
-        """`functions` chains a network-function pool's device pairs (the DPU side)."""
+        """`functions` chains a network-function pool's device pairs (the DPU side);
+        `on_attached` hears of each port an Allocate handed out, so status is live."""
         self.pool = pool
         self._attacher = attacher
         self._devinfo = devinfo
         self._leases = leases
         self._functions = functions if pool.resource.network_function else None
+        self._on_attached = on_attached
 
     def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
         resolved: list[list[PoolDevice]] = []
@@ -134,6 +138,9 @@ class Allocator:
                 raise AllocationError(
                     str(error), unreachable=isinstance(error, PortError) and error.unreachable
                 ) from None
+        if self._on_attached is not None:
+            for attachment in attachments.values():
+                self._on_attached(attachment.port)
         return [self._answer(ids, attachments) for ids in resolved]
 
     async def _chain(self, resolved: list[list[PoolDevice]]) -> None:

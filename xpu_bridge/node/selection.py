@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config, PfNameSelector, ResourceConfig, Selector
@@ -153,11 +153,27 @@ class _Pool:
         return ", ".join(f"selectors[{i}] {s.why(device)}" for i, s in enumerate(self.selectors))
 
 
-def _listing(pools: list[_Pool]) -> str:
+def _listing(pools: Sequence[_Pool]) -> str:
     labels = [pool.label for pool in pools]
-    if len(labels) == 2:
-        return f"both {labels[0]} and {labels[1]}"
     return ", ".join(labels[:-1]) + f" and {labels[-1]}"
+
+
+SHOWN_DEVICES = 3
+
+
+def _conflict(pools: Sequence[_Pool], device_ids: list[str]) -> str:
+    """One line per set of overlapping pools, naming the pools, the devices and the fix."""
+    shown = ", ".join(device_ids[:SHOWN_DEVICES])
+    if len(device_ids) > SHOWN_DEVICES:
+        shown += f" and {len(device_ids) - SHOWN_DEVICES} more"
+    devices = f"device {shown}" if len(device_ids) == 1 else f"{len(device_ids)} devices ({shown})"
+    both = len(pools) == 2
+    return (
+        f"{_listing(pools)} {'both' if both else 'all'} select {devices}, and a device joins "
+        f"one pool only: narrow the selectors of {'one of them' if both else 'all but one'} "
+        f"(pfNames ranges such as ens1f0#0-3 and ens1f0#4-7 split a PF's VFs); "
+        f"`xpu-bridge inventory --config ...` shows what each device matches"
+    )
 
 
 class PoolMatcher:
@@ -173,10 +189,11 @@ class PoolMatcher:
         return [pool for pool in self.pools if pool.matches(device)]
 
     def assign(self, devices: Iterable[Device]) -> Assignment:
-        """First matching pool wins; a device matching several is also reported as a conflict."""
+        """First matching pool takes a device; one that several match is also a conflict,
+        which start-up refuses and a rescan reports (the device stays in the first pool)."""
         pools: dict[str, list[Device]] = {pool.name: [] for pool in self.pools}
         unmatched: list[Device] = []
-        conflicts: list[str] = []
+        overlaps: dict[tuple[int, ...], list[str]] = {}
         for device in sorted(devices, key=lambda device: device.id):
             matching = self.matching(device)
             if not matching:
@@ -184,14 +201,13 @@ class PoolMatcher:
                 continue
             pools[matching[0].name].append(device)
             if len(matching) > 1:
-                conflicts.append(
-                    f"device {device.id} matches {_listing(matching)}; "
-                    f"it joins {matching[0].name} (first match wins)"
-                )
+                overlaps.setdefault(tuple(p.position for p in matching), []).append(device.id)
         return Assignment(
             pools={name: tuple(members) for name, members in pools.items()},
             unmatched=tuple(unmatched),
-            conflicts=tuple(conflicts),
+            conflicts=tuple(
+                _conflict([self.pools[i] for i in group], ids) for group, ids in overlaps.items()
+            ),
         )
 
     def explain(self, device: Device) -> str:
@@ -203,7 +219,10 @@ class PoolMatcher:
         line = f"{device.id} joins {matching[0].label}"
         if len(matching) > 1:
             others = ", ".join(pool.label for pool in matching[1:])
-            line += f"; it also matches {others} (conflict, first match wins)"
+            line += (
+                f"; it also matches {others}: a conflict, which run and check-config refuse "
+                f"until only one pool's selectors match it"
+            )
         return line
 
 
