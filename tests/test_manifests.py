@@ -217,14 +217,28 @@ def test_daemonset_runs_as_root_without_privileges_or_capabilities() -> None:
 
 
 def test_daemonset_writes_only_the_host_directories_it_must() -> None:
-    """The kubelet's plugin directory (sockets, lock) and the device-info directory; sysfs, the
-    PodResources and host-agent socket directories are read-only (connecting needs no write)."""
+    """The kubelet's plugin directory (sockets, lock), the device-info directory and the release
+    hook's; sysfs, the PodResources and host-agent socket directories are read-only (connecting
+    needs no write)."""
     writable = {
         volume["hostPath"]["path"]
         for volume in daemonset_pod()["volumes"]
         if "hostPath" in volume and not mount_of(volume["name"]).get("readOnly", False)
     }
-    assert writable == {"/var/lib/kubelet/device-plugins", "/var/run/k8s.cni.cncf.io/devinfo/dp"}
+    assert writable == {
+        "/var/lib/kubelet/device-plugins",
+        "/var/run/k8s.cni.cncf.io/devinfo/dp",
+        "/run/xpu-bridge",
+    }
+
+
+def test_the_hook_socket_the_configmap_suggests_is_on_a_host_mount() -> None:
+    """Uncommenting release.hookSocket works: its directory is the host's, at the same path."""
+    text = (ROOT / "manifests/02-configmap.yaml").read_text()
+    (path,) = re.findall(r"# hookSocket: (\S+)", text)
+    directory = str(Path(path).parent)
+    volume = volume_by_host_path(directory)
+    assert mount_of(volume["name"])["mountPath"] == directory
 
 
 def test_the_namespace_admits_the_host_network_and_host_paths() -> None:
