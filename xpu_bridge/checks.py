@@ -143,12 +143,13 @@ async def check_agent(config: Config, sysfs_root: Path, seconds: float) -> list[
             if not agent.capabilities.heartbeat or await agent.ping() is None:
                 await agent.start()
             missing = await missing_bridge_problems(agent, config)
-    except (PortError, TimeoutError) as error:
-        cause = str(error) or f"no answer within {seconds:.0f}s"
+    except PortError as error:  # its message names the call, the cause and what to check
+        raise StartupError([f"hostAgent.endpoint: {error}"]) from None
+    except TimeoutError:
         raise StartupError(
             [
-                f"hostAgent.endpoint: {agent.endpoint} is not usable: {cause}; check that the "
-                "agent runs and that hostAgent.endpoint (and tls) are right"
+                f"hostAgent.endpoint: {agent.endpoint} did not answer within {seconds:g}s; "
+                "check that the agent runs and that hostAgent.endpoint is right"
             ]
         ) from None
     finally:

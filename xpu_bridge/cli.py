@@ -256,7 +256,8 @@ async def status_command(args: argparse.Namespace) -> int:
         state = await fetch_state(host, port)
     except (OSError, TimeoutError, ValueError) as error:
         raise UsageError(
-            f"--metrics-address: no daemon answers at {args.metrics_address}: {error}"
+            f"--metrics-address: no daemon answers at {args.metrics_address}: {error}; is "
+            "`xpu-bridge run` running, and is this its --metrics-address?"
         ) from None
     print(json.dumps(state, indent=2, sort_keys=True) if args.json else status_report(state))
     return EXIT_OK
@@ -268,7 +269,10 @@ async def release_command(args: argparse.Namespace) -> int:
     try:
         result = await request_release(args.socket, args.device_id)
     except (OSError, TimeoutError, ValueError, KeyError) as error:
-        raise UsageError(f"--socket: no answer from {args.socket}: {error}") from None
+        raise UsageError(
+            f"--socket: no answer from {args.socket}: {error}; is `xpu-bridge run` running "
+            "with release.hookSocket set to this path?"
+        ) from None
     print(result.message)
     return EXIT_OK if result.released else EXIT_FAILURE
 
