@@ -33,7 +33,10 @@ def test_simulate_prints_the_table_and_exits_zero() -> None:
     table = lines[lines.index(header) + 1 :]
     assert any(line.startswith("web-2") and "vf-0000-3b-" in line for line in table)
     assert any(line.startswith("edge-1") and "sf-0000-3b-00-0-" in line for line in table)
-    assert "pod greedy: admission failed" in result.stdout
+    assert "pod greedy: refused as expected: asks for 20 opi.io/red, the pool has 12" in (
+        result.stdout
+    )
+    assert "admission failed" not in result.stdout
     assert "pod web-1: port(s) released after" in result.stdout
     assert any(line.startswith("web-1") and "released (pod deleted)" in line for line in table)
     assert any(line.startswith("web-3") and line.endswith("UP") for line in table)

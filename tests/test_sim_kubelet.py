@@ -23,6 +23,7 @@ from xpu_bridge.sim.kubelet import (
     UNHEALTHY,
     AdmissionError,
     Container,
+    PodView,
     SimKubelet,
     is_extended_resource_name,
 )
@@ -496,6 +497,22 @@ async def test_deleted_pod_frees_devices_and_may_linger(env) -> None:
     await asyncio.sleep(0.6)
     listed = await stub.List(pr.ListPodResourcesRequest())
     assert [p.name for p in listed.pod_resources] == ["q"]
+
+
+async def test_pods_and_resources_show_what_podresources_lists(env) -> None:
+    _, kubelet, _ = env
+    assert kubelet.resources() == [] and kubelet.pods() == []
+    await start_plugin(env, [device("d0"), device("d1")])
+    assert kubelet.resources() == [RES]
+    await kubelet.admit_pod(
+        "p", init_containers=[Container("init", {RES: 1})], containers=[Container("c", {RES: 1})]
+    )
+    await kubelet.admit_pod("q", namespace="other", containers=[Container("c", {RES: 1})])
+    kubelet.delete_pod("q", namespace="other", linger=30)
+    assert kubelet.pods() == [
+        PodView("default", "p", ("init", "c"), deleted=False),
+        PodView("other", "q", ("c",), deleted=True),
+    ]
 
 
 # ---------------------------------------------------------------- restart

@@ -13,6 +13,7 @@ from .model import (
     DeviceView,
     EndpointView,
     PluginCall,
+    PodView,
     RegistrationRecord,
 )
 from .rules import (
@@ -40,6 +41,7 @@ __all__ = [
     "DeviceView",
     "EndpointView",
     "PluginCall",
+    "PodView",
     "RegistrationRecord",
     "SimKubelet",
     "go_status_error",

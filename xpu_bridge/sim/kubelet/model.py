@@ -73,6 +73,16 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class PodView:
+    """A pod the kubelet lists; `deleted`: terminated, still listed until its linger time."""
+
+    namespace: str
+    name: str
+    containers: tuple[str, ...]
+    deleted: bool
+
+
+@dataclass(frozen=True)
 class EndpointView:
     """The kubelet's connection to a registered plugin."""
 

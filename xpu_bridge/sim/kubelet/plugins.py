@@ -85,6 +85,10 @@ class PluginRegistry:
     def endpoint(self, resource: str) -> _Endpoint | None:
         return self._endpoints.get(resource)
 
+    def resources(self) -> list[str]:
+        """Resources with a connected plugin, sorted."""
+        return sorted(self._endpoints)
+
     def view(self, resource: str) -> EndpointView | None:
         ep = self._endpoints.get(resource)
         if ep is None:

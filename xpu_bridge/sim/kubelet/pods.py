@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from .model import Assignment, Container, _Pod
+from .model import Assignment, Container, PodView, _Pod
 
 
 class PodTable:
@@ -58,6 +58,18 @@ class PodTable:
         """Active pods and deleted ones still lingering."""
         self._drop_lingering()
         return list(self._pods.values())
+
+    def views(self) -> list[PodView]:
+        """Every listed pod, by namespace and name."""
+        return [
+            PodView(
+                p.namespace,
+                p.name,
+                tuple(c.name for c in (*p.init_containers, *p.containers)),
+                p.linger_until is not None,
+            )
+            for p in sorted(self.listed(), key=lambda p: (p.namespace, p.name))
+        ]
 
     def held(self, resource: str) -> set[str]:
         """allocatedDevices: what containers of active pods hold (this pod's included)."""

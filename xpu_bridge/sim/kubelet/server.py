@@ -18,7 +18,15 @@ from xpu_bridge.common.sockets import MAX_SOCKET_PATH, prepare_socket
 from .admission import Admission
 from .changes import Changes
 from .devices import DeviceState
-from .model import Assignment, Container, DeviceView, EndpointView, PluginCall, RegistrationRecord
+from .model import (
+    Assignment,
+    Container,
+    DeviceView,
+    EndpointView,
+    PluginCall,
+    PodView,
+    RegistrationRecord,
+)
 from .plugins import PluginRegistry
 from .podresources import PodResourcesLister
 from .pods import PodTable
@@ -194,6 +202,14 @@ class SimKubelet:
 
     def endpoint(self, resource: str) -> EndpointView | None:
         return self._plugins.view(resource)
+
+    def resources(self) -> list[str]:
+        """Resources whose plugin is connected now (registered and dialled back), sorted."""
+        return self._plugins.resources()
+
+    def pods(self) -> list[PodView]:
+        """Every pod PodResources would list (deleted ones while they linger)."""
+        return self._pods.views()
 
     def assignments(self, namespace: str | None = None, pod: str | None = None) -> list[Assignment]:
         """Devices recorded for containers of active pods (after Allocate returned)."""
