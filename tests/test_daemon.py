@@ -15,6 +15,7 @@ from simnode import BLUE, GREEN, RED, Node, eventually
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.common.errors import StartupError
+from xpu_bridge.config import ConfigError
 from xpu_bridge.daemon import Daemon
 from xpu_bridge.kubelet.endpoint import socket_name
 from xpu_bridge.sim.kubelet import Container
@@ -101,8 +102,13 @@ async def test_missing_logical_bridge_stops_start_with_its_name(node: Node) -> N
 
 async def test_overlapping_pools_are_a_startup_error(node: Node) -> None:
     node.raw_config["resourceList"][1]["selectors"] = [{"pfNames": ["ens1f1"]}]
-    with pytest.raises(StartupError, match=r"0000:3b:0a\.0 matches both"):
+    with pytest.raises(ConfigError) as caught:
         await Daemon.create(node.options())
+    (problem,) = caught.value.problems
+    assert problem.startswith(
+        "resourceList: opi.io/red (resourceList[0]) and opi.io/blue (resourceList[1]) both "
+        "select 4 devices (0000:3b:0a.0, 0000:3b:0a.1, 0000:3b:0a.2 and 1 more)"
+    )
     assert not any(node.kubelet_dir.glob("xpu-bridge-*.sock"))
 
 

@@ -40,6 +40,8 @@ WIRING = {
     "xpu_bridge.backends",
     "xpu_bridge.paths",
     "xpu_bridge.checks",
+    "xpu_bridge.reload",
+    "xpu_bridge.reconfigure",
 }
 
 

@@ -151,6 +151,22 @@ async def test_readyz_is_503_until_registered_and_404_elsewhere(ops_node: Node) 
     assert (await http_get(port, "/readyz"))[0] == 200
 
 
+async def test_status_shows_a_port_the_moment_allocate_attached_it(node: Node) -> None:
+    """Not only after the next reconcile pass (an hour away here)."""
+    node.metrics_address = "127.0.0.1:0"
+    node.raw_config["release"] = {"intervalSeconds": 3600}
+    daemon = await node.start_daemon()
+    assert daemon.ops is not None
+    await eventually(lambda: daemon.status.not_ready() is None)
+    (assignment,) = await node.kubelet.admit_pod("web", containers=[Container("c", {RED: 1})])
+    (device,) = assignment.device_ids
+    _, body = await http_get(daemon.ops.port, "/debug/state")
+    (entry,) = [d for d in json.loads(body)["pools"][RED]["devices"] if d["id"] == device]
+    assert entry["portState"] == "UP"
+    samples = await scrape(daemon.ops.port)
+    assert value(samples, "xpu_bridge_devices", resource=RED, state="allocated") == 1
+
+
 def test_status_without_a_daemon_is_one_line() -> None:
     import subprocess
 

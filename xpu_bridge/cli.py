@@ -166,28 +166,40 @@ def daemon_options(args: argparse.Namespace, config: Config) -> DaemonOptions:
         devinfo_dir=args.devinfo_dir,
         metrics_address=args.metrics_address or None,
         debug_state_remote=args.debug_state_remote,
+        config_path=args.config,
     )
 
 
 async def run_daemon(options: DaemonOptions, stop: asyncio.Event) -> None:
-    """Start, serve until `stop` is set, then shut down cleanly."""
+    """Start, serve until `stop` is set, then shut down cleanly. SIGHUP reloads the config
+    file; one that comes before the daemon is built is only logged, since the reloader
+    compares the file with the running config when it starts anyway."""
     from xpu_bridge.daemon import Daemon
 
-    daemon = await Daemon.create(options)
-    starting = asyncio.create_task(daemon.start())
-    stopping = asyncio.create_task(stop.wait())
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(
+        signal.SIGHUP, log.info, "SIGHUP while starting: the config file is read once serving"
+    )
     try:
-        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting in done:
-            starting.result()
-            log.info("xpu-bridge is serving %d pool(s)", len(daemon.pools))
-            await stopping
-        log.info("stopping")
+        daemon = await Daemon.create(options)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+        starting = asyncio.create_task(daemon.start())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting in done:
+                starting.result()
+                log.info("xpu-bridge is serving %d pool(s)", len(daemon.pools))
+                await stopping
+            log.info("stopping")
+        finally:
+            loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP while stopping: ignored")
+            starting.cancel()
+            stopping.cancel()
+            await asyncio.gather(starting, stopping, return_exceptions=True)
+            await daemon.stop()
     finally:
-        starting.cancel()
-        stopping.cancel()
-        await asyncio.gather(starting, stopping, return_exceptions=True)
-        await daemon.stop()
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def stop_on_signals() -> asyncio.Event:

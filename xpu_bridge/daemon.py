@@ -4,6 +4,7 @@ Allocate path: kubelet/plugin_server.py (DevicePluginService.Allocate) -> node/a
 (Allocator) -> hostagent/opi_evpn.py (BridgePortClient.ensure_port) or
 hostagent/vendor_plugin.py (VendorPluginClient.ensure_port). Release path:
 release/reconciler.py (Reconciler.reconcile) -> release/gate.py -> release/releaser.py.
+Config reloads (SIGHUP, a changed file): reload.py (ConfigReloader) -> reconfigure.py.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from xpu_bridge.backends import Backend
 from xpu_bridge.checks import conflict_problems, empty_pool_warning, written_directories
 from xpu_bridge.common.loops import LoopSupervisor
 from xpu_bridge.config import Config, ConfigError
-from xpu_bridge.hostagent.ports import HostAgent
+from xpu_bridge.hostagent.ports import HostAgent, PortState
 from xpu_bridge.hostagent.startup import wait_until_usable
-from xpu_bridge.kubelet.endpoint import PluginEndpoint
+from xpu_bridge.kubelet.endpoint import EndpointFactory
 from xpu_bridge.kubelet.instance_lock import InstanceLock
-from xpu_bridge.kubelet.plugin_server import DevicePluginService
 from xpu_bridge.kubelet.pod_resources import PodResourcesClient, PodResourcesUnavailable
 from xpu_bridge.kubelet.registration import KubeletRegistrar
-from xpu_bridge.node.allocator import Allocator
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.pool_set import PoolSet
@@ -34,8 +33,10 @@ from xpu_bridge.ops.http import OpsServer
 from xpu_bridge.ops.metrics import Metrics
 from xpu_bridge.ops.status import NodeStatus
 from xpu_bridge.paths import check_writable
+from xpu_bridge.reconfigure import ConfigApplier
 from xpu_bridge.release.hook_socket import ReleaseHookServer
 from xpu_bridge.release.reconciler import Reconciler
+from xpu_bridge.reload import ConfigReloader
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class DaemonOptions:
     registration_poll_seconds: float = 0.1
     metrics_address: str | None = None
     debug_state_remote: bool = False
+    config_path: Path | None = None
+    """The file `config` was read from: reloaded on SIGHUP and when it changes."""
+    config_poll_seconds: float = 2.0
 
 
 class Daemon:
@@ -64,14 +68,21 @@ class Daemon:
         pod_resources: PodResourcesClient,
         registrar: KubeletRegistrar,
         reconciler: Reconciler,
+        endpoints: EndpointFactory,
     ) -> None:
-        self.config = options.config
         self.backend = backend
         self.pod_resources = pod_resources
         self.registrar = registrar
         self.reconciler = reconciler
-        self.rescanner = Rescanner(options.config, options.sysfs_root, pools)
+        self.rescanner = Rescanner(options.config, options.sysfs_root, pools, reconciler.in_use)
         self.loops = LoopSupervisor()
+        self.reloader = ConfigReloader(
+            options.config_path,
+            options.config,
+            ConfigApplier(self.rescanner, reconciler, registrar, endpoints, backend.client),
+            metrics,
+            options.config_poll_seconds,
+        )
         self.status = NodeStatus(
             pools,
             reconciler.leases,
@@ -134,20 +145,25 @@ class Daemon:
         pools = await PoolSet.build(config, found.assignment, found.naming)
         leases = DeviceLeases(config.release.grace_seconds)
         devinfo = DevInfoStore(options.devinfo_dir)
-        endpoints = [
-            PluginEndpoint(
-                DevicePluginService(
-                    pool,
-                    Allocator(pool, backend.client, devinfo, leases, backend.functions),
-                    observer=metrics.observe_allocate,
-                ),
-                options.kubelet_dir,
-            )
-            for pool in pools
-        ]
+
+        def attached(port: PortState) -> None:
+            """A port an Allocate handed out: its pool forgets the spec it replaced, and the
+            owned ports (what status shows) have it now, not only after the next pass."""
+            pools.port_attached(port)
+            reconciler.owned.put(port)
+
+        endpoints = EndpointFactory(
+            options.kubelet_dir,
+            backend.client,
+            devinfo,
+            leases,
+            backend.functions,
+            observer=metrics.observe_allocate,
+            on_attached=attached,
+        )
         registrar = KubeletRegistrar(
             options.kubelet_dir,
-            endpoints,
+            [endpoints(pool) for pool in pools],
             options.registration_poll_seconds,
             on_registered=metrics.registered,
             lock=lock,
@@ -170,11 +186,22 @@ class Daemon:
             log.info("pool %s: %d device(s)", pool.resource_name, len(pool))
             if len(pool) == 0:
                 log.warning("%s", empty_pool_warning(pool.resource_name, options.sysfs_root))
-        return cls(options, metrics, pools, backend, pod_resources, registrar, reconciler)
+        return cls(
+            options, metrics, pools, backend, pod_resources, registrar, reconciler, endpoints
+        )
+
+    @property
+    def config(self) -> Config:
+        """The config running now: as read at start, or as the last reload applied it."""
+        return self.reloader.config
 
     @property
     def pools(self) -> PoolSet:
         return self.rescanner.pools
+
+    def request_reload(self) -> None:
+        """What SIGHUP does: read the config file again now (reload.py)."""
+        self.reloader.request()
 
     @property
     def agent(self) -> HostAgent:
@@ -210,6 +237,8 @@ class Daemon:
         self.loops.spawn("reconciler", self.reconciler.run())
         if self.backend.heartbeat is not None:
             self.loops.spawn("heartbeat", self.backend.heartbeat.run())
+        if self.reloader.path is not None:
+            self.loops.spawn("config reload", self.reloader.run())
         self.status.started = True
 
     async def stop(self) -> None:

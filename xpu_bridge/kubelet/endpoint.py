@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,13 @@ from google.protobuf.message import DecodeError
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.common.sockets import owner_only, prepare_socket
-from xpu_bridge.kubelet.plugin_server import DevicePluginService
+from xpu_bridge.hostagent.ports import PortAttacher, PortState
+from xpu_bridge.kubelet.plugin_server import AllocateObserver, DevicePluginService
+from xpu_bridge.node.allocator import Allocator
+from xpu_bridge.node.devinfo import DevInfoStore
+from xpu_bridge.node.leases import DeviceLeases
+from xpu_bridge.node.network_functions import NetworkFunctions
+from xpu_bridge.node.pool import DevicePool
 
 
 def socket_name(resource_name: str) -> str:
@@ -126,3 +133,23 @@ class PluginEndpoint:
     async def restart(self) -> None:
         await self.stop(grace=0)
         await self.start()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFactory:
+    """Makes a pool's endpoint (service and allocator), alike at start and on a reload."""
+
+    kubelet_dir: Path
+    attacher: PortAttacher
+    devinfo: DevInfoStore
+    leases: DeviceLeases
+    functions: NetworkFunctions
+    observer: AllocateObserver | None = None
+    on_attached: Callable[[PortState], None] | None = None
+
+    def __call__(self, pool: DevicePool) -> PluginEndpoint:
+        allocator = Allocator(
+            pool, self.attacher, self.devinfo, self.leases, self.functions, self.on_attached
+        )
+        service = DevicePluginService(pool, allocator, observer=self.observer)
+        return PluginEndpoint(service, self.kubelet_dir)

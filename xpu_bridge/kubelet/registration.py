@@ -77,8 +77,37 @@ class KubeletRegistrar:
         self._lock = lock
         self._wake = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
+        self._serving = asyncio.Lock()
+        """Held while sockets are served again, and while an endpoint is added or removed."""
         for endpoint in endpoints:
             endpoint.service.on_stream_lost = functools.partial(self.stream_lost, endpoint)
+
+    async def add(self, endpoint: PluginEndpoint) -> None:
+        """A pool a config reload added (or gave back): serve it and register it soon. A
+        socket that cannot be served now is served again by the next tick, as after a loss."""
+        async with self._serving:
+            endpoint.service.on_stream_lost = functools.partial(self.stream_lost, endpoint)
+            self.endpoints.append(endpoint)
+            self._pending.add(endpoint.resource_name)
+            self._backoff.succeeded(endpoint.resource_name)
+            try:
+                await endpoint.start()
+            except OSError as error:
+                log.error("cannot serve %s: %s; retrying", endpoint.path, error)
+        self._wake.set()
+
+    async def remove(self, resource: str) -> PluginEndpoint | None:
+        """A pool a config reload removed: its streams end and its socket goes, which is how
+        the kubelet learns that the resource is gone."""
+        async with self._serving:
+            endpoint = next((e for e in self.endpoints if e.resource_name == resource), None)
+            if endpoint is None:
+                return None
+            self.endpoints.remove(endpoint)
+            self._pending.discard(resource)
+            await endpoint.stop(grace=0.5)
+        log.info("stopped serving %s (socket %s removed)", resource, endpoint.path)
+        return endpoint
 
     def close(self) -> None:
         if self._lock is not None:
@@ -133,15 +162,16 @@ class KubeletRegistrar:
         if self.kubelet.changed():
             self._pending.update(e.resource_name for e in self.endpoints)
             self._backoff.clear()
-        for endpoint in self.endpoints:
-            if not endpoint.socket_intact():
-                log.info("socket %s is gone; serving it again", endpoint.path)
-                try:
-                    await endpoint.restart()
-                except OSError as error:
-                    log.error("cannot serve %s again: %s; retrying", endpoint.path, error)
-                    continue
-                self._pending.add(endpoint.resource_name)
+        async with self._serving:
+            for endpoint in self.endpoints:
+                if not endpoint.socket_intact():
+                    log.info("socket %s is gone; serving it again", endpoint.path)
+                    try:
+                        await endpoint.restart()
+                    except OSError as error:
+                        log.error("cannot serve %s again: %s; retrying", endpoint.path, error)
+                        continue
+                    self._pending.add(endpoint.resource_name)
         if not self.kubelet.present():
             self.kubelet.warn_while_missing()
             return
@@ -150,7 +180,7 @@ class KubeletRegistrar:
         channel = grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}")
         try:
             await asyncio.gather(
-                *(self._register(channel, e) for e in self.endpoints if self._due(e))
+                *(self._register(channel, e) for e in list(self.endpoints) if self._due(e))
             )
         finally:
             await channel.close()
@@ -180,6 +210,8 @@ class KubeletRegistrar:
             return
         self._backoff.succeeded(name)
         self._pending.discard(name)
+        if endpoint not in self.endpoints:  # removed by a reload while it registered
+            return
         log.info("registered %s with the kubelet (endpoint %s)", name, endpoint.socket_name)
         if self._on_registered is not None:
             self._on_registered(name)

@@ -15,6 +15,15 @@ from xpu_bridge.common.version import package_version
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+RELOAD_APPLIED = "applied"
+RELOAD_UNCHANGED = "unchanged"
+RELOAD_INVALID = "invalid"
+RELOAD_RESTART_REQUIRED = "restart_required"
+"""Only fields that a restart applies changed: nothing was applied."""
+RELOAD_FAILED = "failed"
+RELOAD_RESULTS = (
+    RELOAD_APPLIED, RELOAD_UNCHANGED, RELOAD_INVALID, RELOAD_RESTART_REQUIRED, RELOAD_FAILED,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +153,26 @@ class Metrics:
             ["resource"],
             registry=self.registry,
         )
+        self.config_reloads = Counter(
+            "xpu_bridge_config_reloads",
+            "Config reloads (SIGHUP or a changed file) by result: applied, unchanged, invalid, "
+            "restart_required (only fields a restart applies changed), failed",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        self.config_loaded_at = Gauge(
+            "xpu_bridge_config_last_reload_success_timestamp_seconds",
+            "When the running config was read: at start or by the last reload that applied",
+            registry=self.registry,
+        )
+        self.config_file = Gauge(
+            "xpu_bridge_config_info",
+            "1, labelled with the SHA-256 of the config file as the running config was read",
+            ["sha256"],
+            registry=self.registry,
+        )
         Gauge(
             "xpu_bridge_build_info", "Build information", ["version"], registry=self.registry
         ).labels(package_version()).set(1)
@@ -159,6 +188,14 @@ class Metrics:
 
     def registered(self, resource: str) -> None:
         self.registrations.labels(resource).inc()
+
+    def config_reloaded(self, result: str) -> None:
+        self.config_reloads.labels(result).inc()
+
+    def config_loaded(self, sha256: str) -> None:
+        self.config_loaded_at.set_to_current_time()
+        self.config_file.clear()
+        self.config_file.labels(sha256).set(1)
 
     def watch_state(self, snapshot: Callable[[], StateSnapshot]) -> None:
         self.registry.register(_StateCollector(snapshot))

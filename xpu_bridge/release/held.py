@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from xpu_bridge.config import Config
@@ -26,23 +26,43 @@ class HeldPorts:
 class HeldPortMap:
     """Reads who holds what, and maps it to port IDs even for devices gone from sysfs."""
 
-    def __init__(self, config: Config, pools: PoolSet, source: HeldDeviceSource) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pools: PoolSet,
+        source: HeldDeviceSource,
+        clock: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        """`clock` stamps each read (the leases' clock: last_read_at compares with theirs)."""
         self._pools = pools
         self._source = source
-        self._prefixes = {config.resource_prefix} | {
-            r.resource_prefix for r in config.resource_list if r.resource_prefix
-        }
+        self._prefixes: set[str] = set()
         self._stale: set[str] = set()
         self._unmapped: set[str] = set()
+        self._clock = clock
+        self.last_ids: frozenset[str] | None = None
+        """Every held device ID as the last successful read found, None before one."""
+        self.last_read_at = float("-inf")
+        self.follow(config)
+
+    def follow(self, config: Config) -> None:
+        """A reloaded config's prefixes join the earlier ones: pods of pools renamed or
+        removed since may hold devices under those for a long while yet."""
+        self._prefixes |= {config.resource_prefix} | {
+            r.resource_prefix for r in config.resource_list if r.resource_prefix
+        }
 
     def ours(self, resource: str) -> bool:
-        """Served now, or under one of our prefixes: a pool renamed or removed from the config
-        may still have running pods, and their ports are still theirs."""
-        return resource in self._pools or resource.split("/", 1)[0] in self._prefixes
+        """Served now (or retired with devices in use), or under one of our prefixes: a pool
+        renamed or removed from the config may still have running pods, and their ports are
+        still theirs."""
+        return self._pools.accounts_for(resource) or resource.split("/", 1)[0] in self._prefixes
 
     async def read(self) -> HeldDevices:
         """Raises PodResourcesUnavailable when the kubelet cannot be asked."""
+        read_at = self._clock()
         held = await self._source.held(self.ours)
+        self.last_ids, self.last_read_at = frozenset(held.all_ids()), read_at
         stale = set(held.by_resource) - set(self._pools.names())
         if stale - self._stale:
             log.warning(

@@ -18,6 +18,7 @@ from xpu_bridge.kubelet.pod_resources import HeldDevices, HeldDeviceSource, PodR
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.network_functions import NetworkFunctions
+from xpu_bridge.node.pool import PoolDevice
 from xpu_bridge.node.pool_set import PoolSet
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate, release_candidates
@@ -68,7 +69,7 @@ class Reconciler:
         self.parts = RecoveryParts(
             pools=pools,
             owned=owned,
-            held=HeldPortMap(config, pools, held_source),
+            held=HeldPortMap(config, pools, held_source, clock),
             gate=ReleaseGate(guards, self.stats, kubelet_restarted_at),
             sweep=StartupSweep(),
             functions=functions,
@@ -96,6 +97,26 @@ class Reconciler:
     @property
     def gate(self) -> ReleaseGate:
         return self.parts.gate
+
+    def follow(self, config: Config) -> None:
+        """A reloaded config's release timings and prefixes; the next pass uses them."""
+        self.interval = config.release.interval_seconds
+        self.leases.grace_seconds = config.release.grace_seconds
+        self.gate.guards.holdoff = config.release.holdoff_seconds
+        self.held.follow(config)
+
+    def in_use(self, entry: PoolDevice) -> bool:
+        """Whether the device's port may be in use, so that it must keep its pool and spec:
+        held at the last PodResources read, attached since, or its port not yet released.
+        Before PodResources has answered once, every device may be."""
+        held = self.held.last_ids
+        if held is None:
+            return True
+        return (
+            entry.id in held
+            or self.leases.busy(entry.id, self.held.last_read_at)
+            or entry.spec.port_id in self.owned.ports
+        )
 
     def release_hook(self) -> ReleaseHook:
         """The hook's decisions share this pass's view, gate and releaser."""

@@ -67,15 +67,20 @@ class PortRepair:
         everything: str | None = None,
     ) -> None:
         """Repair every held device whose port has a problem; with `everything` (why), every
-        held device, by an idempotent Create (an agent that cannot say what it kept)."""
-        for pool in pools:
+        held device, by an idempotent Create (an agent that cannot say what it kept). Devices
+        of retired pools count, and each port is compared with the spec it was attached with
+        (a reload's new bridgePort is for new attachments)."""
+        pinned = pools.pinned()
+        for pool in pools.accounted():
             for device_id in held.ids(pool.resource_name):
-                entry = pool.get(device_id)
-                if entry is None or entry.id in self._repairing:
+                found = pool.get(device_id)
+                if found is None or found.id in self._repairing:
                     continue
-                if self._leases.is_attaching(device_id) or pool.unusable_reason(device_id):
+                unusable = pool.unusable_reason(device_id) and device_id not in pinned
+                if self._leases.is_attaching(device_id) or unusable:
                     continue
-                port = owned.get(entry.spec.port_id)
+                port = owned.get(found.spec.port_id)
+                entry = self._as_attached(pools, found, port)
                 problem = everything or self._problem(port, entry)
                 if problem is None:
                     continue
@@ -84,6 +89,22 @@ class PortRepair:
                 task = asyncio.create_task(self._repair(pool, entry, port, problem, holder))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _as_attached(pools: PoolSet, entry: PoolDevice, port: PortState | None) -> PoolDevice:
+        """The device with the spec its port was attached with. A port made before a
+        bridgePort change keeps its spec, unless an Allocate has given it the new one."""
+        spec = pools.attached_spec(entry)
+        if spec == entry.spec:
+            return entry
+        if (
+            port is None
+            or not port.matches(entry.spec, compare_mac=False)
+            or port.matches(spec, compare_mac=False)
+        ):
+            return PoolDevice(entry.device, spec)
+        pools.forget_spec(entry.id)  # an Allocate attached it again, with the new spec
+        return entry
 
     def _problem(self, port: PortState | None, entry: PoolDevice) -> str | None:
         if port is None and not self._agent.capabilities.lists_ports:

@@ -154,6 +154,7 @@ class SimulatedNode:
             await control.start()
             options = DaemonOptions(
                 config=load_config(layout.config),
+                config_path=layout.config,  # edit it while simulate runs: the daemon reloads
                 kubelet_dir=layout.kubelet_dir,
                 pod_resources_socket=layout.pod_resources_socket,
                 sysfs_root=layout.sysfs_root,
