@@ -33,38 +33,56 @@ def device_info(device: Device) -> dict[str, object]:
     }
 
 
+OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
 class DevInfoStore:
-    """Writes and removes one file per allocated device, never outside its directory."""
+    """Writes and removes one file per allocated device, never outside its directory. The
+    write is on the Allocate path: plain fds and names computed once per device."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_exists = False
+        self._names: dict[tuple[str, str], tuple[str, str]] = {}
 
     def path_for(self, resource_name: str, device_id: str) -> Path:
-        name = f"{resource_name.replace('/', '-')}-{device_id.replace('/', '-')}-device.json"
-        if not SAFE_NAME.match(name) or ".." in name:
-            raise DevInfoError(f"device {device_id}: unsafe device-info file name {name!r}")
-        return self.root / name
+        return Path(self._paths(resource_name, device_id)[0])
+
+    def _paths(self, resource_name: str, device_id: str) -> tuple[str, str]:
+        """The file and its temporary sibling, as strings (checked once, then cached)."""
+        key = (resource_name, device_id)
+        paths = self._names.get(key)
+        if paths is None:
+            name = f"{resource_name.replace('/', '-')}-{device_id.replace('/', '-')}-device.json"
+            if not SAFE_NAME.match(name) or ".." in name:
+                raise DevInfoError(f"device {device_id}: unsafe device-info file name {name!r}")
+            paths = (os.path.join(self.root, name), os.path.join(self.root, f".{name}.tmp"))
+            self._names[key] = paths
+        return paths
 
     def write(self, resource_name: str, device: Device) -> Path:
         """Atomic replace, so a CNI never reads half a file."""
-        path = self.path_for(resource_name, device.id)
-        temporary = path.with_name(f".{path.name}.tmp")
+        path, temporary = self._paths(resource_name, device.id)
+        data = json.dumps(device_info(device), separators=(",", ":")).encode()
         try:
             if not self._root_exists:
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._root_exists = True
-            temporary.write_text(json.dumps(device_info(device), separators=(",", ":")))
-            os.chmod(temporary, 0o444)
+            fd = os.open(temporary, OPEN_FLAGS, 0o444)
+            try:
+                os.write(fd, data)
+                os.fchmod(fd, 0o444)  # whatever the umask
+            finally:
+                os.close(fd)
             os.replace(temporary, path)
         except OSError as error:
             with contextlib.suppress(OSError):  # a full disk leaves an empty one behind
-                temporary.unlink(missing_ok=True)
+                os.unlink(temporary)
             raise DevInfoError(
                 f"device {device.id}: cannot write device-info file {path}: {error.strerror}; "
                 f"{self._fix(error)}"
             ) from None
-        return path
+        return Path(path)
 
     def _fix(self, error: OSError) -> str:
         """What the operator can do about a failed write, naming the flag."""
@@ -77,9 +95,11 @@ class DevInfoStore:
         return f"check --devinfo-dir {self.root}"
 
     def remove(self, resource_name: str, device_id: str) -> None:
-        path = self.path_for(resource_name, device_id)
+        path = self._paths(resource_name, device_id)[0]
         try:
-            path.unlink(missing_ok=True)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         except OSError as error:
             raise DevInfoError(
                 f"device {device_id}: cannot remove device-info file {path}: {error.strerror}"
