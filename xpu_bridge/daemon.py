@@ -1,9 +1,11 @@
 """The node daemon, wired: create() builds every part, start() brings them up in order.
 
 Allocate path: kubelet/plugin_server.py (DevicePluginService.Allocate) -> node/allocator.py
-(Allocator) -> hostagent/opi_evpn.py (BridgePortClient.ensure_port) or
-hostagent/vendor_plugin.py (VendorPluginClient.ensure_port). Release path:
-release/reconciler.py (Reconciler.reconcile) -> release/gate.py -> release/releaser.py.
+(Allocator) -> node/prewarm.py (PrewarmedAttacher: a prewarmed port as it is) ->
+hostagent/opi_evpn.py (BridgePortClient.ensure_port) or hostagent/vendor_plugin.py
+(VendorPluginClient.ensure_port). Release path: release/reconciler.py
+(Reconciler.reconcile) -> release/gate.py -> release/releaser.py; prewarmed ports:
+release/prewarm.py (PrewarmKeeper).
 Config reloads (SIGHUP, a changed file): reload.py (ConfigReloader) -> reconfigure.py.
 """
 
@@ -27,6 +29,7 @@ from xpu_bridge.kubelet.registration import KubeletRegistrar
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.pool_set import PoolSet
+from xpu_bridge.node.prewarm import PrewarmedAttacher, PrewarmedPorts
 from xpu_bridge.node.rescan import Rescanner, scan
 from xpu_bridge.node.vf_creation import plan_vfs
 from xpu_bridge.ops.http import OpsServer
@@ -91,6 +94,7 @@ class Daemon:
             reconciler.stats,
             backend,
             lambda: self.loops.broken,
+            reconciler.prewarm.prewarmed,
         )
         metrics.watch_state(self.status.snapshot)
         address = options.metrics_address
@@ -145,6 +149,7 @@ class Daemon:
         pools = await PoolSet.build(config, found.assignment, found.naming)
         leases = DeviceLeases(config.release.grace_seconds)
         devinfo = DevInfoStore(options.devinfo_dir)
+        prewarmed = PrewarmedPorts()
 
         def attached(port: PortState) -> None:
             """A port an Allocate handed out: its pool forgets the spec it replaced, and the
@@ -154,7 +159,7 @@ class Daemon:
 
         endpoints = EndpointFactory(
             options.kubelet_dir,
-            backend.client,
+            PrewarmedAttacher(backend.client, prewarmed),
             devinfo,
             leases,
             backend.functions,
@@ -179,6 +184,7 @@ class Daemon:
             lambda: registrar.last_kubelet_restart,
             backend.functions,
             registrar.kubelet.age,
+            prewarmed,
         )
         if backend.heartbeat is not None:
             backend.heartbeat.on_outage = reconciler.note_outage
@@ -235,6 +241,7 @@ class Daemon:
         self.loops.spawn("registrar", self.registrar.run())
         self.loops.spawn("rescan", self.rescanner.run())
         self.loops.spawn("reconciler", self.reconciler.run())
+        self.loops.spawn("prewarm", self.reconciler.prewarm.run())
         if self.backend.heartbeat is not None:
             self.loops.spawn("heartbeat", self.backend.heartbeat.run())
         if self.reloader.path is not None:

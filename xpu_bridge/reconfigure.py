@@ -107,6 +107,7 @@ class ConfigApplier:
             await self._rescanner.apply(found)
         for pool in added:
             await self._registrar.add(self._endpoints(pool))
+        self._reconciler.prewarm.wake()  # new counts, specs and pools apply now
         self._report(changes, resources_by_name(running), resources)
 
     def _pool(self, name: str, resource: ResourceConfig) -> DevicePool:
@@ -140,7 +141,9 @@ class ConfigApplier:
         kept = self.pools.kept()
         for name in changes.changed:
             old, new = before[name].bridge_port, after[name].bridge_port
-            if old == new:
+            if old.prewarm != new.prewarm:
+                log.info("pool %s: prewarm is now %d (was %d)", name, new.prewarm, old.prewarm)
+            if old.same_port(new):
                 continue
             pool = self.pools[name]
             keeping = sum(1 for entry in pool.devices() if entry.id in kept)

@@ -124,6 +124,8 @@ class BridgePortConfig(StrictModel):
     type: Literal["access", "trunk"] = "access"
     logical_bridges: list[str] = Field(default_factory=list, alias="logicalBridges")
     vlan: int | None = Field(default=None, ge=2, le=4094)
+    prewarm: int = Field(default=0, ge=0, le=MAX_VFS, strict=True)
+    """Free devices of the pool kept attached and UP ahead of demand (release/prewarm.py)."""
 
     @model_validator(mode="after")
     def _bridges_or_vlan(self) -> BridgePortConfig:
@@ -148,9 +150,18 @@ class BridgePortConfig(StrictModel):
         return (str(self.vlan),) if self.vlan is not None else tuple(self.logical_bridges)
 
     def describe(self) -> str:
+        warm = f", {self.prewarm} prewarmed" if self.prewarm else ""
         if self.vlan is not None:
-            return f"access port on VLAN {self.vlan}"
-        return f"{self.type} port on {', '.join(self.logical_bridges)}"
+            return f"access port on VLAN {self.vlan}{warm}"
+        return f"{self.type} port on {', '.join(self.logical_bridges)}{warm}"
+
+    def same_port(self, other: BridgePortConfig) -> bool:
+        """Whether ports made for `other` are ports of this config (prewarm aside)."""
+        return (self.type, self.logical_bridges, self.vlan) == (
+            other.type,
+            other.logical_bridges,
+            other.vlan,
+        )
 
 
 class ResourceConfig(StrictModel):

@@ -110,6 +110,8 @@ class DevicePluginService(dp_grpc.DevicePluginServicer):
         request: dp.PreferredAllocationRequest,
         context: Context[dp.PreferredAllocationRequest, dp.PreferredAllocationResponse],
     ) -> dp.PreferredAllocationResponse:
+        """Per container: must_include, then prewarmed devices (their port is UP already),
+        then the rest, spread or packed (DevicePool.preferred)."""
         responses = []
         for container in request.container_requests:
             if container.allocation_size < 0:

@@ -61,6 +61,26 @@ def env_name(resource_name: str) -> str:
     return "PCIDEVICE_" + re.sub(r"[./-]", "_", resource_name).upper()
 
 
+class _ChangeFeed:
+    """A version that moves on every change, and the condition watchers wait on for it."""
+
+    def __init__(self) -> None:
+        self._version = 0
+        self._changed = asyncio.Condition()
+
+    async def bump(self) -> None:
+        async with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    async def wait_past(self, seen: int) -> int:
+        """Wait until the version is not `seen`; return it."""
+        async with self._changed:
+            while self._version == seen:
+                await self._changed.wait()
+            return self._version
+
+
 class DevicePool:
     """The devices of one extended resource; watchers see every change as a new full list."""
 
@@ -76,8 +96,10 @@ class DevicePool:
         self._known_ports: dict[str, str] = {}
         self._unhealthy: dict[str, str] = {}
         self._unusable: dict[str, str] = {}
-        self._version = 0
-        self._changed = asyncio.Condition()
+        self._changes = _ChangeFeed()
+        self.prewarmed: frozenset[str] = frozenset()
+        """Devices whose port is attached and UP ahead of demand (node/prewarm.py): the
+        preferred pick offers them first."""
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -93,9 +115,7 @@ class DevicePool:
         return list(self._devices.values())
 
     async def _bump(self) -> None:
-        async with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        await self._changes.bump()
 
     async def wake_watchers(self) -> None:
         await self._bump()
@@ -183,20 +203,27 @@ class DevicePool:
         """The full list now, then again after every change; ends when the caller stops."""
         seen = -1
         while True:
-            async with self._changed:
-                while self._version == seen:
-                    await self._changed.wait()
-                seen = self._version
+            seen = await self._changes.wait_past(seen)
             yield self.snapshot()
 
     def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
-        """Pick `size` devices: must_include first, then spread across PFs (or pack onto one)."""
+        """Pick `size` devices: must_include first, then prewarmed ones (their port is UP
+        already), then the rest; each group spread across PFs (or packed onto one)."""
         chosen = list(dict.fromkeys(must_include))[:size]
         per_pf: dict[str, int] = defaultdict(int)
         for device_id in chosen:
             per_pf[self._pf_of(device_id)] += 1
+        rest = set(available) - set(chosen)
+        warm = rest & self.prewarmed
+        for group in (warm, rest - warm):
+            self._fill(chosen, per_pf, group, size)
+        return chosen
+
+    def _fill(
+        self, chosen: list[str], per_pf: dict[str, int], candidates: set[str], size: int
+    ) -> None:
         by_pf: dict[str, list[str]] = defaultdict(list)
-        for device_id in sorted(set(available) - set(chosen)):
+        for device_id in sorted(candidates):
             by_pf[self._pf_of(device_id)].append(device_id)
         pack = self.resource.allocation_policy == "pack"
         while len(chosen) < size and by_pf:
@@ -205,7 +232,6 @@ class DevicePool:
             per_pf[pf] += 1
             if not by_pf[pf]:
                 del by_pf[pf]
-        return chosen
 
     @staticmethod
     def _pf_rank(pf: str, used: int, left: int, pack: bool) -> tuple[int, int, str]:

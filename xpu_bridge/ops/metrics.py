@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,6 +44,10 @@ class StateSnapshot:
     held_back: dict[str, int]
     repairs: dict[str, int]
     failing_creates: int = 0
+    prewarmed: dict[str, int] = field(default_factory=dict)
+    """resource -> prewarmed ports now (every served pool, 0 included)."""
+    prewarm_taken: dict[str, int] = field(default_factory=dict)
+    """resource -> devices Allocate found prewarmed."""
 
 
 class _StateCollector(Collector):
@@ -96,6 +100,22 @@ class _StateCollector(Collector):
         for resource, count in sorted(state.repairs.items()):
             repairs.add_metric([resource], count)
         yield repairs
+        prewarmed = GaugeMetricFamily(
+            "xpu_bridge_prewarmed_ports",
+            "Free devices whose bridge port is attached and UP ahead of demand, by resource",
+            labels=["resource"],
+        )
+        for resource, count in sorted(state.prewarmed.items()):
+            prewarmed.add_metric([resource], count)
+        yield prewarmed
+        taken = CounterMetricFamily(
+            "xpu_bridge_allocations_prewarmed",
+            "Devices an Allocate handed out with their prewarmed port (no Create), by resource",
+            labels=["resource"],
+        )
+        for resource, count in sorted(state.prewarm_taken.items()):
+            taken.add_metric([resource], count)
+        yield taken
 
 
 class _LoopCollector(Collector):

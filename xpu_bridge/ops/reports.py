@@ -15,7 +15,7 @@ from xpu_bridge.node.inventory import Device, discover
 from xpu_bridge.node.pool import function_ref
 from xpu_bridge.node.selection import PoolMatcher, assign
 from xpu_bridge.node.vf_creation import VfPlan, plan_vfs
-from xpu_bridge.ops.state import DebugState
+from xpu_bridge.ops.state import DebugState, DeviceState
 
 FETCH_TIMEOUT = 5.0
 
@@ -129,6 +129,12 @@ async def fetch_state(host: str, port: int) -> DebugState:
     return cast(DebugState, state)
 
 
+def _port_state(device: DeviceState) -> str:
+    """`UP`, `UP (prewarmed)` for a free device's port kept ahead of demand, or `-`."""
+    state = device["portState"] or "-"
+    return f"{state} (prewarmed)" if device.get("prewarmed") else state
+
+
 def status_report(state: DebugState) -> str:
     agent = state["hostAgent"]
     lines = [
@@ -144,9 +150,6 @@ def status_report(state: DebugState) -> str:
             f"{name}: {'registered' if pool['registered'] else 'NOT registered'}, "
             f"{len(devices)} device(s), {attached} with a port"
         )
-        rows = [
-            (d["id"], d["pf"] or "-", d["health"], d["port"], d["portState"] or "-")
-            for d in devices
-        ]
+        rows = [(d["id"], d["pf"] or "-", d["health"], d["port"], _port_state(d)) for d in devices]
         lines.append(table(("DEVICE", "PF", "HEALTH", "XPU PORT", "PORT STATE"), rows))
     return "\n".join(lines)

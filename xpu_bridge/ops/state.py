@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class HostAgentState(TypedDict):
@@ -20,6 +20,8 @@ class DeviceState(TypedDict):
     """The port ID the device's bridge port has (or would have) on the xPU."""
     portState: str | None
     """The port's oper status as last seen (UP, DOWN, ...), None when it has no port."""
+    prewarmed: NotRequired[bool]
+    """Free, with its port attached and UP ahead of demand (bridgePort.prewarm)."""
 
 
 class PoolState(TypedDict):

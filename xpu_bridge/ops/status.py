@@ -9,6 +9,7 @@ from xpu_bridge.hostagent.ports import PortState
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.pool import PoolDevice
 from xpu_bridge.node.pool_set import PoolSet
+from xpu_bridge.node.prewarm import PrewarmedPorts
 from xpu_bridge.ops.metrics import DeviceCounts, StateSnapshot
 from xpu_bridge.ops.state import DebugState, DeviceState, PoolState
 
@@ -59,6 +60,7 @@ class NodeStatus:
         releases: ReleaseCounts,
         agent: AgentView,
         broken: Callable[[], str | None],
+        prewarmed: PrewarmedPorts | None = None,
     ) -> None:
         self._pools = pools
         self._leases = leases
@@ -67,6 +69,7 @@ class NodeStatus:
         self._releases = releases
         self._agent = agent
         self._broken = broken
+        self._prewarmed = prewarmed or PrewarmedPorts()
         self.started = False
 
     def not_live(self) -> str | None:
@@ -86,7 +89,10 @@ class NodeStatus:
         return None
 
     def _attached(self, entry: PoolDevice, owned: Mapping[str, PortState]) -> bool:
-        """Its port exists on the xPU (last pass) or an Allocate attached it since."""
+        """Its port exists on the xPU (last pass) or an Allocate attached it since; a
+        prewarmed port is not attached to anyone (the device is free)."""
+        if self._prewarmed.spares(entry.spec.port_id):
+            return False
         return entry.spec.port_id in owned or self._leases.was_attached(entry.id)
 
     def snapshot(self) -> StateSnapshot:
@@ -108,6 +114,9 @@ class NodeStatus:
             held_back=dict(self._releases.held_back),
             repairs=dict(self._releases.repairs),
             failing_creates=self._agent.failing_creates(),
+            prewarmed={pool.resource_name: 0 for pool in self._pools} | self._prewarmed.counts(),
+            prewarm_taken={pool.resource_name: 0 for pool in self._pools}
+            | dict(self._prewarmed.taken),
         )
 
     def debug_state(self) -> DebugState:
@@ -124,7 +133,8 @@ class NodeStatus:
                 pool.resource_name: PoolState(
                     registered=pool.resource_name in registered,
                     devices=[
-                        _device_state(pool.unhealthy_reason(e.id), e, owned) for e in pool.devices()
+                        _device_state(pool.unhealthy_reason(e.id), e, owned, pool.prewarmed)
+                        for e in pool.devices()
                     ],
                 )
                 for pool in self._pools
@@ -133,10 +143,13 @@ class NodeStatus:
 
 
 def _device_state(
-    unhealthy: str | None, entry: PoolDevice, owned: Mapping[str, PortState]
+    unhealthy: str | None,
+    entry: PoolDevice,
+    owned: Mapping[str, PortState],
+    prewarmed: frozenset[str] = frozenset(),
 ) -> DeviceState:
     port = owned.get(entry.spec.port_id)
-    return DeviceState(
+    state = DeviceState(
         id=entry.id,
         pci=entry.device.pci_address,
         pf=entry.device.pf_name,
@@ -144,3 +157,6 @@ def _device_state(
         port=entry.spec.port_id,
         portState=port.oper.name if port is not None else None,
     )
+    if entry.id in prewarmed:
+        state["prewarmed"] = True
+    return state

@@ -52,6 +52,12 @@ class ReleaseHook:
         )
         if self._leases.recently_attached(device_id):
             return too_recent
+        if self._releaser.spares(owner.entry.spec.port_id):
+            return ReleaseResult(
+                False,
+                f"device {device_id} is prewarmed (bridgePort.prewarm): no container holds it, "
+                "and its port stays attached for the next pod",
+            )
         holdoff = self._gate.holdoff_reason(self._leases.now())
         if holdoff is not None:
             return ReleaseResult(False, f"device {device_id}: not now: {holdoff}")

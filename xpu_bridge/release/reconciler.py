@@ -20,12 +20,14 @@ from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.network_functions import NetworkFunctions
 from xpu_bridge.node.pool import PoolDevice
 from xpu_bridge.node.pool_set import PoolSet
+from xpu_bridge.node.prewarm import PrewarmedPorts
 from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate, release_candidates
 from xpu_bridge.release.guards import POD_RESOURCES_UNREADABLE, HoldBack, ReleaseGuards
 from xpu_bridge.release.held import HeldPortMap, HeldPorts, adopt_held_macs
 from xpu_bridge.release.hook import ReleaseHook
 from xpu_bridge.release.owned import OwnedPorts
+from xpu_bridge.release.prewarm import PrewarmKeeper
 from xpu_bridge.release.recovery import RecoveryParts, adopt_function_pairs, recover
 from xpu_bridge.release.releaser import PortReleaser
 from xpu_bridge.release.repair import PortRepair
@@ -56,9 +58,11 @@ class Reconciler:
         kubelet_restarted_at: Callable[[], float | None],
         functions: NetworkFunctions | None = None,
         kubelet_age: Callable[[], float | None] = lambda: None,
+        prewarmed: PrewarmedPorts | None = None,
     ) -> None:
-        """`kubelet_age` says how long the kubelet has been up (start-up hold-off or not)."""
-        """Guards, health and repair judge time by the leases' clock, as Allocates do."""
+        """`kubelet_age` says how long the kubelet has been up (start-up hold-off or not);
+        `prewarmed` are the ports Allocate takes first, which no pass releases.
+        Guards, health and repair judge time by the leases' clock, as Allocates do."""
         clock = leases.now
         self.interval = config.release.interval_seconds
         self.leases = leases
@@ -66,16 +70,22 @@ class Reconciler:
         owned = OwnedPorts(agent, health, lambda: pools.naming, self.interval, clock)
         guards = ReleaseGuards(config.release.holdoff_seconds)
         functions = functions or NetworkFunctions(None)
+        held = HeldPortMap(config, pools, held_source, clock)
+        gate = ReleaseGate(guards, self.stats, kubelet_restarted_at)
+        prewarmed = prewarmed or PrewarmedPorts()
         self.parts = RecoveryParts(
             pools=pools,
             owned=owned,
-            held=HeldPortMap(config, pools, held_source, clock),
-            gate=ReleaseGate(guards, self.stats, kubelet_restarted_at),
+            held=held,
+            gate=gate,
             sweep=StartupSweep(),
             functions=functions,
             kubelet_age=kubelet_age,
+            prewarm=PrewarmKeeper(pools, leases, owned, held, gate, prewarmed),
         )
-        self.releaser = PortReleaser(agent, owned, leases, devinfo, self.stats, functions)
+        self.releaser = PortReleaser(
+            agent, owned, leases, devinfo, self.stats, functions, prewarmed.spares
+        )
         self._stuck = StuckDeletes(agent, leases)
         self._repair = PortRepair(agent, owned, leases, self.stats, clock)
         self._agent_was_down = False
@@ -98,6 +108,10 @@ class Reconciler:
     def gate(self) -> ReleaseGate:
         return self.parts.gate
 
+    @property
+    def prewarm(self) -> PrewarmKeeper:
+        return self.parts.prewarm
+
     def follow(self, config: Config) -> None:
         """A reloaded config's release timings and prefixes; the next pass uses them."""
         self.interval = config.release.interval_seconds
@@ -116,6 +130,7 @@ class Reconciler:
             entry.id in held
             or self.leases.busy(entry.id, self.held.last_read_at)
             or entry.spec.port_id in self.owned.ports
+            or self.prewarm.prewarmed.spares(entry.spec.port_id)
         )
 
     def release_hook(self) -> ReleaseHook:
@@ -137,7 +152,15 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         """One pass. PodResources is read before the ports, so a hold it reports is never
-        older than the port state it is compared with."""
+        older than the port state it is compared with. The prewarm keeper hears how it
+        went (it works only after passes that could read both)."""
+        ok = False
+        try:
+            ok = await self._pass()
+        finally:
+            self.prewarm.after_pass(ok)
+
+    async def _pass(self) -> bool:
         self.stats.passes += 1
         snapshot_at = self.leases.now()
         held: HeldDevices | None = None
@@ -152,12 +175,12 @@ class Reconciler:
         await mark_device_health(self.pools, self.owned.ports, agent_down)
         if owned is None:
             self._agent_was_down = True
-            return
+            return False
         self.owned.track_down(now)
         if held is None:
             self.gate.hold_back(HoldBack(POD_RESOURCES_UNREADABLE, unreadable))
             self.gate.forget()
-            return
+            return False
         await adopt_held_macs(self.pools, held, owned)
         adopt_function_pairs(self.pools, held, self.parts.functions)
         if self._rechain_due:  # the pass after the one that made the ports again
@@ -167,12 +190,15 @@ class Reconciler:
         self._repair.start(held, owned, self.pools, self._after_outage())
         await self._stuck.resend(owned, self.pools.by_port_id(), snapshot_at)
         await self._release(owned, self.held.port_ids(held), snapshot_at)
+        return True
 
     def note_outage(self, restarted: bool) -> None:
         """The heartbeat saw the agent fail, report itself unhealthy or restart (then it lost
         its network functions too)."""
         self._agent_was_down = True
         self._agent_restarted = self._agent_restarted or restarted
+        if not self.owned.agent.capabilities.lists_ports:
+            self.prewarm.suspect()
 
     def _after_outage(self) -> str | None:
         """An agent that cannot list may have lost its ports while it was away: every held
@@ -194,12 +220,17 @@ class Reconciler:
         ports = {**sweep.pending, **owned}
 
         def busy(port_id: str) -> bool:
+            """Being attached, attached recently, or prewarmed (free, but kept UP)."""
+            if self.prewarm.prewarmed.spares(port_id):
+                return True
             owner = by_port.get(port_id)
             return owner is not None and self.leases.busy(owner.id, snapshot_at)
 
         candidates = release_candidates(ports, held, busy, self.owned.is_sf)
         swept = candidates & set(sweep.pending)
-        admitted = self.gate.admit(candidates, len(owned), self.leases.now(), unmassed=swept)
+        # Prewarmed ports are no pod's: they do not dilute the mass-release guard.
+        counted = sum(1 for port_id in owned if not self.prewarm.prewarmed.spares(port_id))
+        admitted = self.gate.admit(candidates, counted, self.leases.now(), unmassed=swept)
         for port_id in sorted(admitted):
             reason = "sweep" if port_id in swept else "unheld"
             owner = by_port.get(port_id)

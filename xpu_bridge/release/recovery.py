@@ -14,6 +14,7 @@ from xpu_bridge.release.device_health import mark_device_health
 from xpu_bridge.release.gate import ReleaseGate
 from xpu_bridge.release.held import HeldPortMap, adopt_held_macs
 from xpu_bridge.release.owned import OwnedPorts
+from xpu_bridge.release.prewarm import PrewarmKeeper
 from xpu_bridge.release.sweep import StartupSweep
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class RecoveryParts:
     functions: NetworkFunctions
     kubelet_age: Callable[[], float | None]
     """Seconds since the kubelet made its socket, None when there is none."""
+    prewarm: PrewarmKeeper
 
 
 def kubelet_is_young(age: float | None, holdoff: float) -> str | None:
@@ -67,8 +69,10 @@ async def recover(parts: RecoveryParts, now: float) -> None:
         log.warning("start-up recovery: %s; releasing nothing until it answers", error)
         _say_holdoff(why, holdoff)
         return
-    if why is None and owned and not held.all_ids():
-        why = f"PodResources lists no container of ours while {len(owned)} of our ports exist"
+    adopted = parts.prewarm.adopt(owned, held.all_ids())
+    unexplained = set(owned) - adopted  # prewarmed ports exist while no pod runs
+    if why is None and unexplained and not held.all_ids():
+        why = f"PodResources lists no container of ours while {len(unexplained)} of our ports exist"
         gate.guards.start(now, why)
     _say_holdoff(why, holdoff)
     held_ports = held_map.port_ids(held).port_ids
@@ -85,7 +89,7 @@ async def recover(parts: RecoveryParts, now: float) -> None:
             len(parts.sweep.pending),
         )
         return
-    candidates = set(owned) - held_ports
+    candidates = set(owned) - held_ports - adopted
     gate.seed(candidates)
     log.info(
         "start-up recovery: adopted %d port(s) held by containers, %d candidate(s) to release",

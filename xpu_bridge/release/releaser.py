@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from xpu_bridge.hostagent.ports import HostAgent, PortError, PortState
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
@@ -33,17 +34,27 @@ class PortReleaser:
         devinfo: DevInfoStore,
         stats: ReleaseStats,
         functions: NetworkFunctions,
+        spared: Callable[[str], bool] = lambda port_id: False,
     ) -> None:
+        """`spared` names the port IDs never to delete here (prewarmed ones)."""
         self._agent = agent
+        self._spared = spared
         self._owned = owned
         self._leases = leases
         self._devinfo = devinfo
         self._stats = stats
         self._functions = functions
 
+    def spares(self, port_id: str) -> bool:
+        """Whether the port is one never to delete here (prewarmed)."""
+        return self._spared(port_id)
+
     async def release(self, port: PortState, owner: PoolMember | None, reason: str) -> bool:
         """Delete `port` (of `owner`, None for a device no longer on this node); a network
         function the device is part of goes first."""
+        if self._spared(port.port_id):
+            log.info("port %s not released: it is prewarmed for the next pod", port.name)
+            return False
         started = time.monotonic()
         try:
             if owner is not None:
