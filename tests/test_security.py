@@ -68,14 +68,31 @@ def shipped_modules() -> list[Path]:
     return sorted(path for package in SHIPPED for path in package.rglob("*.py"))
 
 
+# `xpu-bridge bench` measures `run`, `sim-agent` and `--help` as processes: one module, argv of
+# this interpreter with fixed flags and paths the bench made, no shell; only the bench uses it.
+BENCH_PROCESSES = ROOT / "xpu_bridge/sim/bench/processes.py"
+
+
 def test_nothing_that_ships_starts_a_process() -> None:
     assert len(shipped_modules()) > 50
     offenders = {
         str(path.relative_to(ROOT)): found
         for path in shipped_modules()
-        if (found := shell_outs(path.read_text(encoding="utf-8")))
+        if path != BENCH_PROCESSES and (found := shell_outs(path.read_text(encoding="utf-8")))
     }
     assert offenders == {}, "shell-outs (none allowed, simulators included): " + repr(offenders)
+
+
+def test_only_the_bench_reaches_its_process_module() -> None:
+    assert shell_outs(BENCH_PROCESSES.read_text(encoding="utf-8"))  # the exception is real
+    users = {
+        str(path.relative_to(ROOT))
+        for path in shipped_modules()
+        if "xpu_bridge.sim.bench.processes" in path.read_text(encoding="utf-8")
+        or "from xpu_bridge.sim.bench import processes" in path.read_text(encoding="utf-8")
+    }
+    assert users and all(user.startswith("xpu_bridge/sim/bench/") for user in users), users
+    assert "shell=True" not in BENCH_PROCESSES.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

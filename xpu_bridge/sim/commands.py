@@ -79,6 +79,12 @@ def add_sim_agent(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--up-delay", type=_non_negative, default=0.02)
     parser.add_argument(
+        "--up-on-create",
+        action="store_true",
+        help="answer CreateBridgePort with the port UP at once, as the Intel IPU plugin does "
+        "(--up-delay then does not apply)",
+    )
+    parser.add_argument(
         "--interfaces",
         type=int,
         default=3,
@@ -116,6 +122,7 @@ async def sim_agent_command(args: argparse.Namespace) -> int:
             args.listen,
             bridges,
             args.up_delay,
+            up_on_create=args.up_on_create,
             on_started=lambda agent: print(f"sim-agent serving on {agent.target}", flush=True),
         )
     server = asyncio.create_task(serving)

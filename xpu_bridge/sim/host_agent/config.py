@@ -16,6 +16,8 @@ class AgentConfig:
     """Knobs of the simulated agent; mutable at run time (e.g. `agent.config.up_delay = 1`)."""
 
     up_delay: float = DEFAULT_UP_DELAY
+    # Answer Create with the port UP at once, as the Intel IPU plugin does (up_delay unused).
+    up_on_create: bool = False
     delete_delay: float = DEFAULT_DELETE_DELAY
     port_components: tuple[str, ...] = PORT_COMPONENTS
     bridge_components: tuple[str, ...] = BRIDGE_COMPONENTS

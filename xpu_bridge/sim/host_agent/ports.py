@@ -68,7 +68,10 @@ class Ports:
         self.bridges.attach(entry)
         self.entries[name] = entry
         self.indexed = True
-        entry.begin(pb.BP_OPER_STATUS_DOWN, self.config.up_delay, self._up)
+        if self.config.up_on_create:
+            entry.set_state(pb.BP_OPER_STATUS_UP, component_pb2.COMP_STATUS_SUCCESS)
+        else:
+            entry.begin(pb.BP_OPER_STATUS_DOWN, self.config.up_delay, self._up)
         log.debug("created port %s", name)
         return clone(msg)
 

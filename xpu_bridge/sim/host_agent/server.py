@@ -34,6 +34,7 @@ class SimHostAgent(FaultControls):
         bridges: Iterable[str] = (),
         *,
         up_delay: float = DEFAULT_UP_DELAY,
+        up_on_create: bool = False,
         delete_delay: float = DEFAULT_DELETE_DELAY,
         seed: int | None = None,
         drop_state_on_restart: bool = False,
@@ -45,6 +46,7 @@ class SimHostAgent(FaultControls):
     ) -> None:
         self.config = AgentConfig(
             up_delay=up_delay,
+            up_on_create=up_on_create,
             delete_delay=delete_delay,
             port_components=tuple(port_components),
             bridge_components=tuple(bridge_components),
@@ -112,6 +114,15 @@ class SimHostAgent(FaultControls):
     @up_delay.setter
     def up_delay(self, seconds: float) -> None:
         self.config.up_delay = seconds
+
+    @property
+    def up_on_create(self) -> bool:
+        """Create answers with the port UP at once (no DOWN phase, up_delay unused)."""
+        return self.config.up_on_create
+
+    @up_on_create.setter
+    def up_on_create(self, value: bool) -> None:
+        self.config.up_on_create = value
 
     @property
     def delete_delay(self) -> float:
@@ -187,11 +198,15 @@ async def serve_host_agent(
     up_delay: float = DEFAULT_UP_DELAY,
     delete_delay: float = DEFAULT_DELETE_DELAY,
     *,
+    up_on_create: bool = False,
     seed: int | None = None,
     on_started: Callable[[SimHostAgent], None] | None = None,
 ) -> None:
-    """Run a simulated agent on `listen` until cancelled (the `sim-agent` CLI command)."""
-    agent = SimHostAgent(bridges, up_delay=up_delay, delete_delay=delete_delay, seed=seed)
+    """Run a simulated agent on `listen` until cancelled (the `sim-agent` CLI command);
+    `up_on_create` answers Create with the port UP, as the Intel IPU plugin does."""
+    agent = SimHostAgent(
+        bridges, up_delay=up_delay, up_on_create=up_on_create, delete_delay=delete_delay, seed=seed
+    )
     await agent.start(listen)
     if on_started is not None:
         on_started(agent)
