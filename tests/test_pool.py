@@ -79,3 +79,24 @@ async def test_mac_survives_the_netdev_leaving_the_host() -> None:
     rebound = replace(with_mac, mac="0c:42:a1:00:3b:99")
     await pool.replace_devices([rebound])
     assert pool.get(with_mac.id).spec.mac == bytes.fromhex("0c42a1003b99")
+
+
+def test_listandwatch_messages_are_built_once_per_device_state_and_stay_exact() -> None:
+    from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
+    from xpu_bridge.kubelet.plugin_server import DeviceMessages
+    from xpu_bridge.node.pool import DeviceView
+
+    messages = DeviceMessages()
+    views = [DeviceView(f"0000:3b:02.{i}", "Healthy", i % 2) for i in range(4)]
+    first = messages.response(views)
+    assert [d.ID for d in first.devices] == [v.id for v in views]
+    assert [d.topology.nodes[0].ID for d in first.devices] == [0, 1, 0, 1]
+    sick = [*views[:3], DeviceView(views[3].id, "Unhealthy", 1)]
+    second = messages.response(sick)
+    assert [d.health for d in second.devices] == ["Healthy"] * 3 + ["Unhealthy"]
+    assert [d.health for d in first.devices][-1] == "Healthy"  # the first answer is untouched
+    no_numa = messages.response([DeviceView("mlx5_core.sf.2", "Healthy", None)])
+    assert not no_numa.devices[0].HasField("topology")
+    again = messages.response(views)
+    assert again.SerializeToString() == first.SerializeToString()
+    assert dp.ListAndWatchResponse.FromString(again.SerializeToString()) == first

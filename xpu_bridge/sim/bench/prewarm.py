@@ -12,6 +12,7 @@ import grpc
 from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as pb
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from xpu_bridge.sim import polling
 from xpu_bridge.sim.bench.docs import AllocateCase, PrewarmCase
 from xpu_bridge.sim.bench.node import (
     BRIDGE,
@@ -27,6 +28,8 @@ from xpu_bridge.sim.bench.stats import ratio, summary_ms
 from xpu_bridge.sim.host_agent import SimHostAgent
 
 POOL = "opi.io/prewarm"
+PREWARMED = r"^prewarmed port "
+"""The daemon's log line for each port it counts as prewarmed (release/prewarm.py)."""
 UP_DELAY = 0.5
 BASELINE = "down_then_up"
 NEVER = 3600.0
@@ -82,6 +85,12 @@ async def run_prewarm(
         node = await BenchNode.start(root, sysfs, raw, {POOL: shape.vfs})
         await node.start_daemon()
         await agent.wait_until(lambda: _up(agent) >= count, timeout=count * UP_DELAY + 30)
+        # UP on the agent is not yet prewarmed: the daemon counts a port once its own poll
+        # saw it UP (its log says so). Allocates before that wait for the keeper's Create.
+        daemon = node.daemon
+        await polling.wait_until(
+            lambda: len(daemon.log_events(PREWARMED)) >= count, timeout=30, interval=0.05
+        )
         times = await _allocate_preferred(node, count)
     finally:
         if node is not None:
