@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
 
@@ -18,6 +19,7 @@ from opi_protos.evpn_gw import l2_xpu_infra_mgr_pb2 as opi
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.podresources.v1 import api_pb2 as pr
 from opi_protos.opinetcommon import networktypes_pb2 as net
+from xpu_bridge.kubelet.pod_resources import Holder, PodResourcesClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,6 +148,18 @@ def fields(message) -> dict[str, tuple[int, int, bool]]:
                 "dynamic_resources": (5, F.TYPE_MESSAGE, True),
             },
         ),
+        (
+            pr.ClaimResource,
+            {
+                "cdi_devices": (1, F.TYPE_MESSAGE, True),
+                "driver_name": (2, F.TYPE_STRING, False),
+                "pool_name": (3, F.TYPE_STRING, False),
+                "device_name": (4, F.TYPE_STRING, False),
+                # Kubernetes 1.35 (k8s.io/kubelet v0.35.0), a proto3 `optional` field.
+                "share_id": (5, F.TYPE_STRING, False),
+            },
+        ),
+        (pr.CDIDevice, {"name": (1, F.TYPE_STRING, False)}),
     ],
 )
 def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
@@ -186,6 +200,79 @@ def test_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> Non
 )  # fmt: skip
 def test_more_wire_fields(message, expected: dict[str, tuple[int, int, bool]]) -> None:
     assert fields(message) == expected
+
+
+def test_share_id_has_explicit_presence_as_upstream() -> None:
+    """Upstream declares `optional string share_id = 5`: an empty share ID is still sent (tag
+    0x2a, length 0) and reads back as set, where a plain proto3 string would be dropped."""
+    share_id = pr.ClaimResource.DESCRIPTOR.fields_by_name["share_id"]
+    assert share_id.has_presence
+    assert share_id.containing_oneof is not None  # proto3 optional: a synthetic oneof
+    assert pr.ClaimResource(share_id="").SerializeToString() == b"\x2a\x00"
+    assert pr.ClaimResource(share_id="a1").SerializeToString() == b"\x2a\x02a1"
+    assert pr.ClaimResource().SerializeToString() == b""
+    assert pr.ClaimResource.FromString(b"\x2a\x00").HasField("share_id")
+    assert not pr.ClaimResource.FromString(b"\x12\x01d").HasField("share_id")
+
+
+async def test_the_reader_takes_device_plugin_devices_and_skips_dra_claims(
+    tmp_path: Path,
+) -> None:
+    """A 1.35 kubelet's List with a shared DRA device beside our devices: the PodResources
+    client decodes it and reports only the device-plugin devices of resources it owns."""
+    answer = pr.ListPodResourcesResponse(
+        pod_resources=[
+            pr.PodResources(
+                name="web-1",
+                namespace="default",
+                containers=[
+                    pr.ContainerResources(
+                        name="app",
+                        devices=[
+                            pr.ContainerDevices(
+                                resource_name="opi.io/red", device_ids=["0000:3b:02.1"]
+                            ),
+                            pr.ContainerDevices(resource_name="other.io/x", device_ids=["x0"]),
+                        ],
+                        dynamic_resources=[
+                            pr.DynamicResource(
+                                claim_name="gpu",
+                                claim_namespace="default",
+                                claim_resources=[
+                                    pr.ClaimResource(
+                                        cdi_devices=[pr.CDIDevice(name="vendor.com/gpu=g0")],
+                                        driver_name="gpu.vendor.com",
+                                        pool_name="node-1",
+                                        device_name="g0",
+                                        share_id="7f1c",
+                                    )
+                                ],
+                            )
+                        ],
+                    )
+                ],
+            )
+        ]
+    )
+
+    async def list_pods(request: bytes, context: object) -> bytes:
+        return answer.SerializeToString()
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(list_pods)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("v1.PodResourcesLister", {"List": handler}),)
+    )
+    socket = tmp_path / "kubelet.sock"
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    client = PodResourcesClient(socket)
+    try:
+        held = await client.held(lambda resource: resource.startswith("opi.io/"))
+    finally:
+        await client.close()
+        await server.stop(None)
+    assert held.by_resource == {"opi.io/red": {"0000:3b:02.1": Holder("default", "web-1", "app")}}
 
 
 def test_presence_and_oneofs() -> None:
