@@ -7,6 +7,8 @@ hostagent/opi_evpn.py (BridgePortClient.ensure_port) or hostagent/vendor_plugin.
 (Reconciler.reconcile) -> release/gate.py -> release/releaser.py; prewarmed ports:
 release/prewarm.py (PrewarmKeeper).
 Config reloads (SIGHUP, a changed file): reload.py (ConfigReloader) -> reconfigure.py.
+CDI (cdi.enabled): node/cdi.py (CdiSpecs) writes the specs before the first registration,
+the rescanner keeps them in step, stop() removes them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from xpu_bridge.kubelet.endpoint import EndpointFactory
 from xpu_bridge.kubelet.instance_lock import InstanceLock
 from xpu_bridge.kubelet.pod_resources import PodResourcesClient, PodResourcesUnavailable
 from xpu_bridge.kubelet.registration import KubeletRegistrar
+from xpu_bridge.node.cdi import CdiSpecs
 from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.pool_set import PoolSet
@@ -77,7 +80,14 @@ class Daemon:
         self.pod_resources = pod_resources
         self.registrar = registrar
         self.reconciler = reconciler
-        self.rescanner = Rescanner(options.config, options.sysfs_root, pools, reconciler.in_use)
+        cdi = options.config.cdi
+        self.rescanner = Rescanner(
+            options.config,
+            options.sysfs_root,
+            pools,
+            reconciler.in_use,
+            CdiSpecs(Path(cdi.spec_dir)) if cdi.enabled else None,
+        )
         self.loops = LoopSupervisor()
         self.reloader = ConfigReloader(
             options.config_path,
@@ -117,9 +127,10 @@ class Daemon:
     async def create(cls, options: DaemonOptions) -> Daemon:
         """Scan sysfs and build every part; raises ConfigError when pools would overlap. The
         channels opened here are closed again if anything after them fails."""
-        check_writable(
-            written_directories(options.config, options.kubelet_dir, options.devinfo_dir)
-        )
+        directories = written_directories(options.config, options.kubelet_dir, options.devinfo_dir)
+        if options.config.cdi.enabled:
+            directories["cdi.specDir"] = Path(options.config.cdi.spec_dir)
+        check_writable(directories)
         lock = InstanceLock(options.kubelet_dir)
         lock.acquire()
         metrics = Metrics()
@@ -165,6 +176,7 @@ class Daemon:
             backend.functions,
             observer=metrics.observe_allocate,
             on_attached=attached,
+            cdi=config.cdi.enabled,
         )
         registrar = KubeletRegistrar(
             options.kubelet_dir,
@@ -234,6 +246,8 @@ class Daemon:
         await wait_until_usable(self.agent, self.config)
         await self._create_vfs()
         await self.reconciler.recover()
+        if self.rescanner.cdi is not None:  # a runtime must find a device the kubelet has
+            self.rescanner.cdi.sync(self.pools.accounted())
         for endpoint in self.registrar.endpoints:
             await endpoint.start()
         if self.hook is not None:
@@ -255,6 +269,8 @@ class Daemon:
         if self.hook is not None:
             await self.hook.stop()
         await asyncio.gather(*(e.stop(grace=0.5) for e in self.registrar.endpoints))
+        if self.rescanner.cdi is not None:
+            self.rescanner.cdi.remove_all()
         await self.agent.close()
         await self.pod_resources.close()
         if self.ops is not None:

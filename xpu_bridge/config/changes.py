@@ -3,7 +3,9 @@ fields that only a restart applies.
 
 Only a restart applies: `mode`, every `hostAgent` field (the channel, its TLS and timeouts,
 the port name template), `portIdPrefix` (which ports are ours), `pfs` (VFs are created before
-anything is served) and `release.hookSocket`, and a pool's `networkFunction`. Everything else
+anything is served), `cdi` (how Allocate answers, and where the CDI specs are, which the
+kubelet's recorded answers of running pods name) and `release.hookSocket`, and a pool's
+`networkFunction`. Everything else
 applies to the running daemon: pools added, removed or renamed (`resourcePrefix` included),
 their selectors, device type, allocation policy and bridge ports, the rescan interval and
 the release timings.
@@ -21,7 +23,7 @@ from xpu_bridge.config.document import Config
 from xpu_bridge.config.loading import validation_problems
 from xpu_bridge.config.pools import ResourceConfig
 
-RESTART_ONLY_KEYS = ("mode", "portIdPrefix", "pfs")
+RESTART_ONLY_KEYS = ("mode", "portIdPrefix", "pfs", "cdi")
 """Top-level keys (besides hostAgent, reported field by field) that only a restart applies."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +20,11 @@ from xpu_bridge.config.pools import DNS_SUBDOMAIN, PfConfig, ResourceConfig
 API_VERSION = "xpu-bridge/v1"
 SUPPORTED_API_VERSIONS = (API_VERSION,)
 PORT_ID_PREFIX = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9])?\Z")
+CDI_VENDOR_OR_CLASS = re.compile(r"^[A-Za-z]([A-Za-z0-9_.-]*[A-Za-z0-9])?\Z")
+"""A CDI kind's vendor and class (container-device-interface pkg/parser): a letter first,
+a letter or digit last, letters, digits, `_`, `.` and `-` between."""
+CDI_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?\Z")
+"""A CDI device name: as a class, but it may start with a digit and hold `:` (PCI addresses)."""
 
 
 def shown(value: object, limit: int = 60) -> str:
@@ -38,6 +44,24 @@ def unsupported_version(version: object) -> str:
     )
 
 
+class CdiConfig(StrictModel):
+    """`cdi`: answer vfio VFs as CDI devices and keep one CDI spec file per pool in specDir.
+    Only a restart applies a change (config/changes.py)."""
+
+    enabled: bool = False
+    spec_dir: str = Field(default="/var/run/cdi", alias="specDir", min_length=1)
+
+    @field_validator("spec_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not PurePosixPath(value).is_absolute():
+            raise ValueError(
+                f"{shown(value)} is not an absolute path; use the directory the container "
+                "runtime reads CDI specs from, such as /var/run/cdi"
+            )
+        return value
+
+
 class Config(StrictModel):
     api_version: str = Field(default=API_VERSION, alias="apiVersion")
     mode: Literal["host", "dpu"] = "host"
@@ -50,6 +74,7 @@ class Config(StrictModel):
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     pfs: list[PfConfig] = Field(default_factory=list)
     resource_list: list[ResourceConfig] = Field(alias="resourceList", min_length=1)
+    cdi: CdiConfig = Field(default_factory=CdiConfig)
 
     @field_validator("api_version")
     @classmethod
@@ -83,6 +108,28 @@ class Config(StrictModel):
                     f"resource {full} is configured twice (also resourceList[{seen[full]}])",
                 )
             seen[full] = index
+        return self
+
+    @model_validator(mode="after")
+    def _cdi_names(self) -> Config:
+        """With cdi on, each pool's resource name is its CDI kind (`vendor/class`)."""
+        if not self.cdi.enabled:
+            return self
+        for index, resource in enumerate(self.resource_list):
+            own = resource.resource_prefix is not None
+            vendor = resource.resource_prefix or self.resource_prefix
+            for where, name, what in (
+                (("resourceList", index, "resourcePrefix") if own else (), vendor, "vendor"),
+                (("resourceList", index, "resourceName"), resource.resource_name, "class"),
+            ):
+                if not CDI_VENDOR_OR_CLASS.match(name):
+                    raise field_error(
+                        where or "resourcePrefix",
+                        f"{name} is not a valid CDI {what} (cdi.enabled makes "
+                        f"{self.full_resource_name(resource)} a CDI kind): start with a "
+                        "letter, end with a letter or digit, and use only letters, digits, "
+                        "'_', '.' and '-'",
+                    )
         return self
 
     @model_validator(mode="after")

@@ -146,10 +146,18 @@ class EndpointFactory:
     functions: NetworkFunctions
     observer: AllocateObserver | None = None
     on_attached: Callable[[PortState], None] | None = None
+    cdi: bool = False
+    """cdi.enabled: Allocate answers vfio VFs as CDI devices."""
 
     def __call__(self, pool: DevicePool) -> PluginEndpoint:
         allocator = Allocator(
-            pool, self.attacher, self.devinfo, self.leases, self.functions, self.on_attached
+            pool,
+            self.attacher,
+            self.devinfo,
+            self.leases,
+            self.functions,
+            self.on_attached,
+            cdi=self.cdi,
         )
         service = DevicePluginService(pool, allocator, observer=self.observer)
         return PluginEndpoint(service, self.kubelet_dir)

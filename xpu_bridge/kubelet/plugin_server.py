@@ -79,6 +79,7 @@ def _container_response(allocation: ContainerAllocation) -> dp.ContainerAllocate
             for node in allocation.device_nodes
         ],
         annotations=allocation.annotations,
+        cdi_devices=[dp.CDIDevice(name=name) for name in allocation.cdi_devices],
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from xpu_bridge.common.errors import CallFailed
 from xpu_bridge.common.pci import mac_text
+from xpu_bridge.config.document import CDI_DEVICE_NAME
 from xpu_bridge.hostagent.ports import Attachment, PortAttacher, PortError, PortState
 from xpu_bridge.node.devinfo import DevInfoError, DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
@@ -59,6 +60,8 @@ class ContainerAllocation:
     device_nodes: tuple[DeviceNode, ...]
     ports: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
+    cdi_devices: tuple[str, ...] = ()
+    """Fully qualified CDI names (`opi.io/red=0000:3b:02.0`), in place of device nodes."""
 
 
 class InvalidRequest(Exception):
@@ -88,15 +91,18 @@ class Allocator:
         leases: DeviceLeases,
         functions: NetworkFunctions | None = None,
         on_attached: Callable[[PortState], None] | None = None,
+        cdi: bool = False,
     ) -> None:
         """`functions` chains a network-function pool's device pairs (the DPU side);
-        `on_attached` hears of each port an Allocate handed out, so status is live."""
+        `on_attached` hears of each port an Allocate handed out, so status is live; with
+        `cdi`, devices with device nodes are answered as CDI devices (cdi_name)."""
         self.pool = pool
         self._attacher = attacher
         self._devinfo = devinfo
         self._leases = leases
         self._functions = functions if pool.resource.network_function else None
         self._on_attached = on_attached
+        self._cdi = cdi
 
     def resolve(self, containers: list[list[str]]) -> list[list[PoolDevice]]:
         resolved: list[list[PoolDevice]] = []
@@ -229,15 +235,26 @@ class Allocator:
         self, entries: list[PoolDevice], attachments: dict[str, Attachment]
     ) -> ContainerAllocation:
         info = {entry.id: self._info(entry, attachments[entry.id]) for entry in entries}
+        named = {
+            entry.id: name
+            for entry in entries
+            if self._cdi and (name := cdi_name(self.pool.resource_name, entry)) is not None
+        }
         return ContainerAllocation(
             envs={
                 self.pool.env_name: ",".join(entry.id for entry in entries),
                 f"{self.pool.env_name}_INFO": json.dumps(info, separators=(",", ":")),
             },
             device_nodes=tuple(
-                dict.fromkeys(node for entry in entries for node in _device_nodes(entry))
+                dict.fromkeys(
+                    node
+                    for entry in entries
+                    if entry.id not in named
+                    for node in device_nodes(entry)
+                )
             ),
             ports=tuple(attachments[entry.id].port.name for entry in entries),
+            cdi_devices=tuple(named.values()),
         )
 
     @staticmethod
@@ -265,11 +282,21 @@ def _vfio_group(entry: PoolDevice) -> str | None:
     return f"/dev/vfio/{device.iommu_group}"
 
 
-def _device_nodes(entry: PoolDevice) -> list[DeviceNode]:
+def device_nodes(entry: PoolDevice) -> list[DeviceNode]:
+    """The host device nodes a container needs for the device: a vfio VF's, else none."""
     group = _vfio_group(entry)
     if group is None:
         return []
     return [DeviceNode(VFIO_CONTROL, VFIO_CONTROL), DeviceNode(group, group)]
+
+
+def cdi_name(kind: str, entry: PoolDevice) -> str | None:
+    """The device's fully qualified CDI name (`opi.io/red=0000:3b:02.0`) when, with cdi on,
+    Allocate answers it as a CDI device: it has device nodes and a valid CDI device name
+    (node/cdi.py writes every such device into its pool's spec, with these nodes)."""
+    if not device_nodes(entry) or not CDI_DEVICE_NAME.match(entry.id):
+        return None
+    return f"{kind}={entry.id}"
 
 
 def _cause(error: BaseException) -> str:

@@ -4,6 +4,8 @@ A device whose port is in use never moves: when a new config (or sysfs) would pu
 another pool, or in none, it stays in its pool, not handed out (Unhealthy there), until it
 is released; a retired pool keeps its devices in use the same way. While anything waits
 like that, the last scan is applied again every release interval, without reading sysfs.
+With cdi on, every apply ends by bringing the CDI specs in step (node/cdi.py: only a changed
+spec is written), so a pool added by a reload has its spec before it registers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from xpu_bridge.common.loops import keep_running, loop_time
 from xpu_bridge.config import Config
 from xpu_bridge.hostagent.port_names import PortNaming, port_naming
+from xpu_bridge.node.cdi import CdiSpecs
 from xpu_bridge.node.inventory import Device, Inventory, discover
 from xpu_bridge.node.pool import DevicePool, PoolDevice
 from xpu_bridge.node.pool_set import PoolSet
@@ -71,11 +74,13 @@ class Rescanner:
         sysfs_root: Path,
         pools: PoolSet,
         in_use: InUse = lambda entry: False,
+        cdi: CdiSpecs | None = None,
     ) -> None:
         self.config = config
         self.sysfs_root = sysfs_root
         self.pools = pools
         self.in_use = in_use
+        self.cdi = cdi
         self.lock = asyncio.Lock()
         self._last_conflicts: tuple[str, ...] = ()
         self._last: Scan | None = None
@@ -140,6 +145,8 @@ class Rescanner:
                 if pin.pool is pool:
                     await pool.mark_unusable(device_id, pin.reason)
         self._forget_released_specs()
+        if self.cdi is not None:  # retired pools too: their devices in use may restart
+            self.cdi.follow(self.pools.accounted())
         if self.pools.settling:
             self._wake.set()
 
