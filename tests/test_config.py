@@ -330,7 +330,7 @@ def test_another_api_version_is_one_line_naming_the_supported_one(version: objec
 
 def test_the_shipped_configmap_declares_its_api_version() -> None:
     manifest = yaml.safe_load(
-        (Path(__file__).parents[1] / "manifests/02-configmap.yaml").read_text()
+        (Path(__file__).parents[1] / "manifests/base/02-configmap.yaml").read_text()
     )
     document = yaml.safe_load(manifest["data"]["config.yaml"])
     assert document["apiVersion"] == "xpu-bridge/v1"

@@ -182,7 +182,7 @@ def test_the_configmaps_vendor_plugin_example_is_a_valid_config() -> None:
     import yaml
 
     manifest = yaml.safe_load(
-        (Path(__file__).parents[1] / "manifests/02-configmap.yaml").read_text()
+        (Path(__file__).parents[1] / "manifests/base/02-configmap.yaml").read_text()
     )
     text = manifest["data"]["config.yaml"]
     example = text.split("# The same node with a dpu-operator vendor plugin instead", 1)[1]

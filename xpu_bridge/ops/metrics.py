@@ -24,6 +24,10 @@ RELOAD_FAILED = "failed"
 RELOAD_RESULTS = (
     RELOAD_APPLIED, RELOAD_UNCHANGED, RELOAD_INVALID, RELOAD_RESTART_REQUIRED, RELOAD_FAILED,
 )  # fmt: skip
+ALLOCATE_RESULTS = (
+    "success", "failed", "unreachable", "unknown_device", "invalid_request", "unusable_device",
+)  # fmt: skip
+"""The `result` label values of xpu_bridge_allocations_total (kubelet/plugin_server.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +211,13 @@ class Metrics:
         self.allocate_duration.labels(resource).observe(seconds)
 
     def registered(self, resource: str) -> None:
+        """Also starts the pool's Allocate series at 0: a series born at 1 hides its first
+        increment from rate() and increase(), so the first Allocate (or the first failures,
+        XpuBridgeAllocateFailing) would not show."""
         self.registrations.labels(resource).inc()
+        for result in ALLOCATE_RESULTS:
+            self.allocations.labels(resource, result)
+        self.allocate_duration.labels(resource)
 
     def config_reloaded(self, result: str) -> None:
         self.config_reloads.labels(result).inc()
