@@ -449,6 +449,23 @@ async def test_error_rate_one_gives_the_code_and_counts_calls(
     assert agent.calls["CreateBridgePort"] == 4
 
 
+async def test_calls_are_counted_and_faults_apply_from_the_next_call_on_and_off(
+    agent: SimHostAgent, ports: pb_grpc.BridgePortServiceStub
+) -> None:
+    """With no fault planned a call skips the fault gate; it must still be counted, and a
+    fault planned between two calls (and cleared again) must hold for the very next one."""
+    await ports.CreateBridgePort(_create("port-gate"))
+    agent.fail_next("CreateBridgePort", 1, grpc.StatusCode.ABORTED)
+    status = await _status_of(ports.CreateBridgePort(_create("port-gate")))
+    assert status[0] == grpc.StatusCode.ABORTED
+    agent.lose_replies("CreateBridgePort", 1)
+    status = await _status_of(ports.CreateBridgePort(_create("port-gate")))
+    assert status[0] == grpc.StatusCode.UNAVAILABLE
+    agent.clear_faults()
+    await ports.CreateBridgePort(_create("port-gate"))
+    assert agent.calls["CreateBridgePort"] == 4
+
+
 async def test_error_rate_default_is_unavailable_and_seeded(
     short_root: Path,
 ) -> None:
