@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,6 +20,8 @@ from xpu_bridge.node.devinfo import DevInfoStore
 from xpu_bridge.node.leases import DeviceLeases
 from xpu_bridge.node.network_functions import NetworkFunctions
 from xpu_bridge.node.pool import DevicePool
+
+AnyHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def socket_name(resource_name: str) -> str:
@@ -57,39 +59,50 @@ async def _refuse_undecodable(request: object, context: grpc.aio.ServicerContext
 class RefuseUndecodable(grpc.aio.ServerInterceptor):
     """A request that does not decode gets INVALID_ARGUMENT naming why; grpc.aio itself would
     answer UNKNOWN with the exception's class and log a traceback. The DevicePlugin service
-    has unary and server-streaming methods only; anything else passes as it is."""
+    has unary and server-streaming methods only; anything else passes as it is. Each
+    method's guarded handler is built once: the interceptor runs on every call."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[AnyHandler, AnyHandler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[AnyHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> AnyHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        decode, encode = _lenient(handler.request_deserializer), handler.response_serializer
-        if handler.unary_unary is not None:
-            unary: Callable[..., Awaitable[Any]] = handler.unary_unary
+        cached = self._guarded.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guarded(handler)
+        self._guarded[handler_call_details.method] = (handler, guarded)
+        return guarded
 
-            async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await _refuse_undecodable(request, context)
-                return await unary(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(answer, decode, encode)
-        if handler.unary_stream is not None:
-            stream: Callable[..., AsyncIterator[Any]] = handler.unary_stream  # type: ignore[assignment]
+def _guarded(handler: AnyHandler) -> AnyHandler:
+    decode, encode = _lenient(handler.request_deserializer), handler.response_serializer
+    if handler.unary_unary is not None:
+        unary: Callable[..., Awaitable[Any]] = handler.unary_unary
 
-            async def answers(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                await _refuse_undecodable(request, context)
-                async for reply in stream(request, context):
-                    yield reply
+        async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await _refuse_undecodable(request, context)
+            return await unary(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(answers, decode, encode)
-        return handler
+        return grpc.unary_unary_rpc_method_handler(answer, decode, encode)
+    if handler.unary_stream is not None:
+        stream: Callable[..., AsyncIterator[Any]] = handler.unary_stream  # type: ignore[assignment]
+
+        async def answers(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await _refuse_undecodable(request, context)
+            async for reply in stream(request, context):
+                yield reply
+
+        return grpc.unary_stream_rpc_method_handler(answers, decode, encode)
+    return handler
 
 
 class PluginEndpoint:

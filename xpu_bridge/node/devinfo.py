@@ -44,6 +44,7 @@ class DevInfoStore:
         self.root = root
         self._root_exists = False
         self._names: dict[tuple[str, str], tuple[str, str]] = {}
+        self._documents: dict[Device, bytes] = {}
 
     def path_for(self, resource_name: str, device_id: str) -> Path:
         return Path(self._paths(resource_name, device_id)[0])
@@ -63,7 +64,10 @@ class DevInfoStore:
     def write(self, resource_name: str, device: Device) -> Path:
         """Atomic replace, so a CNI never reads half a file."""
         path, temporary = self._paths(resource_name, device.id)
-        data = json.dumps(device_info(device), separators=(",", ":")).encode()
+        data = self._documents.get(device)
+        if data is None:
+            data = json.dumps(device_info(device), separators=(",", ":")).encode()
+            self._documents[device] = data
         try:
             if not self._root_exists:
                 self.root.mkdir(parents=True, exist_ok=True)

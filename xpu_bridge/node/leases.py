@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
+from types import TracebackType
 
 from xpu_bridge.common.loops import loop_time
 
@@ -26,27 +26,10 @@ class DeviceLeases:
         self._attached_at: dict[str, float] = {}
         self._release_locks: dict[str, asyncio.Lock] = {}
 
-    @asynccontextmanager
-    async def attaching(self, device_ids: Iterable[str]) -> AsyncIterator[None]:
+    def attaching(self, device_ids: Iterable[str]) -> Attaching:
         """Around one Allocate: from entry on, releases of these devices back off; a release
         already in flight finishes first; a clean exit marks them attached now."""
-        ids = sorted(set(device_ids))
-        self._attaching.update(ids)
-        try:
-            for device_id in ids:
-                lock = self._release_locks.get(device_id)
-                if lock is not None and lock.locked():
-                    async with lock:
-                        pass
-            yield
-            now = self.now()
-            for device_id in ids:
-                self._attached_at[device_id] = now
-        finally:
-            self._attaching.subtract(ids)
-            for device_id in ids:
-                if self._attaching[device_id] <= 0:
-                    del self._attaching[device_id]
+        return Attaching(self, sorted(set(device_ids)))
 
     def release_lock(self, device_id: str) -> asyncio.Lock:
         """Held by whoever deletes the device's port, from its last busy() check until the
@@ -81,3 +64,46 @@ class DeviceLeases:
 
     def released(self, device_id: str) -> None:
         self._attached_at.pop(device_id, None)
+
+
+class Attaching:
+    """One Allocate's lease on its devices (DeviceLeases.attaching). A plain class, not a
+    generator-based context manager: it is entered on every Allocate."""
+
+    __slots__ = ("_ids", "_leases")
+
+    def __init__(self, leases: DeviceLeases, ids: list[str]) -> None:
+        self._leases = leases
+        self._ids = ids
+
+    async def __aenter__(self) -> None:
+        leases = self._leases
+        leases._attaching.update(self._ids)
+        try:
+            for device_id in self._ids:
+                lock = leases._release_locks.get(device_id)
+                if lock is not None and lock.locked():
+                    async with lock:
+                        pass
+        except BaseException:
+            self._end()
+            raise
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            now = self._leases.now()
+            for device_id in self._ids:
+                self._leases._attached_at[device_id] = now
+        self._end()
+
+    def _end(self) -> None:
+        attaching = self._leases._attaching
+        attaching.subtract(self._ids)
+        for device_id in self._ids:
+            if attaching[device_id] <= 0:
+                del attaching[device_id]
