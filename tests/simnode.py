@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,9 +200,26 @@ class Node:
 
     async def close(self) -> None:
         for daemon in self._daemons:
-            await daemon.stop()
-        await self.kubelet.stop()
-        await self.agent.stop()
+            await stopped_within(daemon.stop(), "the daemon's stop()")
+        await stopped_within(self.kubelet.stop(), "the simulated kubelet's stop()")
+        await stopped_within(self.agent.stop(), "the simulated agent's stop()")
+
+
+STOP_LIMIT = 60.0
+"""Far beyond any stop (a second or two): past it, a stop is stuck, not slow."""
+
+
+async def stopped_within(stopping: Awaitable[None], what: str) -> None:
+    """A stop that hangs fails the test with every task's stack, instead of hanging the run."""
+    try:
+        await asyncio.wait_for(stopping, STOP_LIMIT)
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        raise AssertionError(
+            f"{what} did not finish within {STOP_LIMIT:.0f} s; tasks:\n{stacks.getvalue()}"
+        ) from None
 
 
 @dataclass
