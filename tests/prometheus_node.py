@@ -31,14 +31,12 @@ from typing import Any, TypeVar
 import grpc
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from simnode import BLUE, BRIDGES, GREEN, RED, Node, node_config
+from simnode import BLUE, GREEN, RED, Node, started_node
 
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from xpu_bridge.kubelet.endpoint import socket_name
-from xpu_bridge.sim.host_agent import SimHostAgent
-from xpu_bridge.sim.kubelet import Container, SimKubelet
-from xpu_bridge.sim.sysfs import build_node
+from xpu_bridge.sim.kubelet import Container
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -301,22 +299,13 @@ class ScrapedNode:
 async def _build_node(root: Path) -> Node:
     """The `node` fixture's node (tests/simnode.py) with quick releases, a quick Unhealthy,
     and one prewarmed port on blue; made in the loop that serves it."""
-    sysfs = build_node(root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
-    agent = SimHostAgent(
-        [BRIDGES + name for name in ("red", "blue-a", "blue-b", "green")],
-        up_delay=0.01,
-        delete_delay=0.01,
-        seed=7,
-    )
-    await agent.start(f"unix://{root}/agent.sock")
-    kubelet = SimKubelet(root / "dp", root / "pr.sock")
-    await kubelet.start()
-    raw = node_config(root)
+    node = await started_node(root)
+    raw = node.raw_config
     raw["release"] = {"intervalSeconds": 0.2, "graceSeconds": 0.3, "holdoffSeconds": 1}
     raw["hostAgent"]["unhealthyAfterSeconds"] = 0.5
     (blue,) = [pool for pool in raw["resourceList"] if pool["resourceName"] == "blue"]
     blue["bridgePort"]["prewarm"] = 1
-    return Node(root, sysfs, agent, kubelet, raw)
+    return node
 
 
 async def _allocate_unknown_device(kubelet_dir: Path, resource: str) -> None:

@@ -159,8 +159,9 @@ class Node:
             "--metrics-address", "127.0.0.1:0",
         ]  # fmt: skip
 
-    async def start_daemon(self, wait: bool = True) -> Daemon:
-        daemon = await Daemon.create(self.options())
+    async def start_daemon(self, wait: bool = True, options: DaemonOptions | None = None) -> Daemon:
+        """With `options` (default: self.options()); `wait`: until every pool is served."""
+        daemon = await Daemon.create(options or self.options())
         await daemon.start()
         self.daemon = daemon
         self._daemons.append(daemon)
@@ -275,19 +276,25 @@ def short_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-async def node(short_root: Path) -> AsyncIterator[Node]:
-    sysfs = build_node(short_root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
+async def started_node(root: Path) -> Node:
+    """2 PFs x 8 VFs and 2 SFs each, the simulated agent and kubelet serving in `root`, the
+    config not yet used: no daemon runs."""
+    sysfs = build_node(root / "sys", pfs=2, vfs_per_pf=8, sfs_per_pf=2)
     agent = SimHostAgent(
         [BRIDGES + name for name in ("red", "blue-a", "blue-b", "green")],
         up_delay=0.01,
         delete_delay=0.01,
         seed=7,
     )
-    await agent.start(f"unix://{short_root}/agent.sock")
-    kubelet = SimKubelet(short_root / "dp", short_root / "pr.sock")
+    await agent.start(f"unix://{root}/agent.sock")
+    kubelet = SimKubelet(root / "dp", root / "pr.sock")
     await kubelet.start()
-    created = Node(short_root, sysfs, agent, kubelet, node_config(short_root))
+    return Node(root, sysfs, agent, kubelet, node_config(root))
+
+
+@pytest.fixture
+async def node(short_root: Path) -> AsyncIterator[Node]:
+    created = await started_node(short_root)
     try:
         yield created
     finally:

@@ -19,7 +19,6 @@ from simnode import BLUE, GREEN, RED, Node, eventually
 from opi_protos.kubelet.deviceplugin.v1beta1 import api_pb2 as dp
 from xpu_bridge.config import ConfigError, parse_config
 from xpu_bridge.config.changes import config_changes
-from xpu_bridge.daemon import Daemon
 from xpu_bridge.kubelet.endpoint import PluginEndpoint
 from xpu_bridge.node.cdi import CdiError, CdiSpecs, spec_document, spec_file_name
 from xpu_bridge.node.pool import DevicePool
@@ -392,13 +391,7 @@ async def test_reload_writes_a_new_pool_before_it_registers_and_drops_the_old(
     path = node.root / "config.yaml"
     path.write_text(yaml.safe_dump(node.raw_config))
     options = replace(node.options(), config_path=path, config_poll_seconds=0.05)
-    daemon = await Daemon.create(options)
-    node._daemons.append(daemon)
-    node.daemon = daemon
-    await daemon.start()
-    for resource in node.resources:
-        await node.kubelet.wait_registered(resource, timeout=20)
-        await node.kubelet.wait_for_devices(resource, timeout=20)
+    daemon = await node.start_daemon(options=options)
     await node.kubelet.admit_pod("held", containers=[Container("c", {GREEN: 1})])
     raw = copy.deepcopy(node.raw_config)
     raw["resourceList"][1]["resourceName"] = "cyan"

@@ -139,13 +139,7 @@ async def start(node: Node, holder: list[Container]) -> Session:
     odd = OddPodResources(f"unix://{node.root}/pr.sock")
     await odd.start(f"{node.root}/odd-pr.sock")
     options = dataclasses.replace(node.options(), pod_resources_socket=node.root / "odd-pr.sock")
-    daemon = await Daemon.create(options)
-    node._daemons.append(daemon)
-    node.daemon = daemon
-    await daemon.start()
-    for resource in node.resources:
-        await node.kubelet.wait_registered(resource, timeout=20)
-        await node.kubelet.wait_for_devices(resource, timeout=20)
+    daemon = await node.start_daemon(options=options)
     await node.kubelet.admit_pod("holder", containers=holder)
     await node.kubelet.admit_pod("gone", containers=[Container("c", {RED: 1})])
     node.kubelet.delete_pod("gone")
