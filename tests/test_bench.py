@@ -77,6 +77,10 @@ def test_allocate_runs_are_sane(quick_run: tuple[BenchDocument, Path, str]) -> N
             assert positive(summary["p50"]) and summary["p99"] >= summary["p50"]
             assert summary["count"] == run["rounds"]
         assert positive(run["ratio_p50"]) and positive(run["ratio_p99"])
+        # --quick repeats each behaviour twice; the reported ratios are the runs' own medians
+        assert run["repeats"] == 2 == len(run["ratio_p50_runs"]) == len(run["ratio_p99_runs"])
+        assert run["ratio_p50"] == min(run["ratio_p50_runs"])
+        assert run["ratio_p99"] == min(run["ratio_p99_runs"])
     # The 5 ms agent makes every Allocate wait for it: a sanity check, not a timing target.
     assert runs["delay_5ms"]["allocate_ms"]["p50"] >= 5.0
 
@@ -140,6 +144,7 @@ def test_plots_are_pngs(quick_run: tuple[BenchDocument, Path, str]) -> None:
     ("flags", "named"),
     [
         (["--rounds", "0"], "--rounds"),
+        (["--repeats", "0"], "--repeats"),
         (["--rounds", "many"], "--rounds"),
         (["--churn-seconds", "-1"], "--churn-seconds"),
         (["--churn-seconds", "soon"], "--churn-seconds"),
@@ -223,3 +228,30 @@ def test_sim_agent_takes_up_on_create() -> None:
         [*CLI, "sim-agent", "--help"], capture_output=True, text=True, timeout=60, check=True
     )
     assert "--up-on-create" in done.stdout
+
+
+def test_the_median_run_is_reported_with_every_runs_ratio() -> None:
+    from xpu_bridge.sim.bench.allocate import median_run
+    from xpu_bridge.sim.bench.docs import AllocateRun, Percentiles
+
+    def run(p50: float, p99: float, marker: float) -> AllocateRun:
+        summary = Percentiles(p50=marker, p99=marker, mean=marker, count=1)
+        return AllocateRun(
+            name="up_on_create",
+            agent="a",
+            rounds=1,
+            repeats=1,
+            allocate_ms=summary,
+            rtt_ms=summary,
+            ratio_p50=p50,
+            ratio_p99=p99,
+            ratio_p50_runs=[p50],
+            ratio_p99_runs=[p99],
+            allocate_samples_ms=[marker],
+            rtt_samples_ms=[marker],
+        )
+
+    chosen = median_run([run(3.0, 4.0, 1.0), run(2.5, 9.0, 2.0), run(2.8, 3.0, 3.0)])
+    assert chosen["allocate_samples_ms"] == [3.0]  # the run whose p50 ratio is the median
+    assert (chosen["ratio_p50"], chosen["ratio_p99"]) == (2.8, 4.0)  # each ratio's own median
+    assert chosen["ratio_p50_runs"] == [3.0, 2.5, 2.8] and chosen["repeats"] == 3

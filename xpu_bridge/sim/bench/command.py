@@ -63,6 +63,12 @@ def add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="Allocates per agent behaviour (default 1000, --quick 200)",
     )
     parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="Allocate runs per agent behaviour, the median one reported (default 3, --quick 2)",
+    )
+    parser.add_argument(
         "--churn-seconds",
         type=_positive_seconds,
         default=None,
@@ -96,6 +102,7 @@ async def bench_command(args: argparse.Namespace) -> int:
     settings = BenchSettings.make(
         quick=args.quick,
         rounds=args.rounds,
+        repeats=args.repeats,
         sizes=args.sizes,
         churn_seconds=args.churn_seconds,
         out=args.out,

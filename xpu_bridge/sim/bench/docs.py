@@ -17,15 +17,20 @@ class Percentiles(TypedDict):
 
 
 class AllocateRun(TypedDict):
-    """One agent behaviour: Allocate against the bare RTT measured in the same run."""
+    """One agent behaviour: Allocate against the bare RTT measured in the same run. With
+    several runs, the percentiles and samples are the median run's (by p50 ratio), and each
+    ratio is the median of the runs' own ratios (listed in *_runs)."""
 
     name: str
     agent: str
     rounds: int
+    repeats: int
     allocate_ms: Percentiles
     rtt_ms: Percentiles
     ratio_p50: float
     ratio_p99: float
+    ratio_p50_runs: list[float]
+    ratio_p99_runs: list[float]
     allocate_samples_ms: list[float]
     rtt_samples_ms: list[float]
 

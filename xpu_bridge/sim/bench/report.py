@@ -36,13 +36,13 @@ def render(doc: BenchDocument) -> str:
         [
             [
                 run["agent"],
-                str(run["rounds"]),
+                f"{run['rounds']} x{run['repeats']}",
                 f"{run['allocate_ms']['p50']:.3f}",
                 f"{run['allocate_ms']['p99']:.3f}",
                 f"{run['rtt_ms']['p50']:.3f}",
                 f"{run['rtt_ms']['p99']:.3f}",
-                f"{run['ratio_p50']:.2f}x",
-                f"{run['ratio_p99']:.2f}x",
+                _ratio(run["ratio_p50"], run["ratio_p50_runs"]),
+                _ratio(run["ratio_p99"], run["ratio_p99_runs"]),
             ]
             for run in doc["allocate"]["runs"]
         ],
@@ -102,3 +102,10 @@ def render(doc: BenchDocument) -> str:
         ],
     )
     return "\n".join(lines)
+
+
+def _ratio(median: float, runs: list[float]) -> str:
+    """The median ratio, and the spread of the runs' ratios when there were several."""
+    if len(runs) < 2:
+        return f"{median:.2f}x"
+    return f"{median:.2f}x ({min(runs):.2f}-{max(runs):.2f})"

@@ -14,6 +14,9 @@ class BenchSettings:
     quick: bool = False
     rounds: int = 1000
     """Sequential single-device Allocates per agent behaviour."""
+    repeats: int = 3
+    """Allocate runs per agent behaviour, each with a fresh agent and daemon: the median
+    run is reported, each ratio measured within one run."""
     sizes: tuple[int, ...] = FULL_SIZES
     churn_seconds: float = 60.0
     help_runs: int = 7
@@ -31,6 +34,7 @@ class BenchSettings:
         *,
         quick: bool,
         rounds: int | None,
+        repeats: int | None = None,
         sizes: tuple[int, ...] | None,
         churn_seconds: float | None,
         out: Path | None,
@@ -40,6 +44,7 @@ class BenchSettings:
         return cls(
             quick=quick,
             rounds=rounds if rounds is not None else (200 if quick else 1000),
+            repeats=repeats if repeats is not None else (2 if quick else 3),
             sizes=sizes if sizes is not None else (QUICK_SIZES if quick else FULL_SIZES),
             churn_seconds=churn_seconds if churn_seconds is not None else (6.0 if quick else 60.0),
             help_runs=3 if quick else 7,
