@@ -46,7 +46,7 @@ def add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="measure Allocate latency, scale, churn and CLI start-up on simulated nodes",
         description="Runs every case against simulated nodes (the daemon as a subprocess), "
         "prints a table with each target's verdict; --out writes the JSON document, --plots "
-        "PNG plots. About 2 minutes on 2 cores; --quick under 1.",
+        "PNG plots. About 3.5 minutes on 2 cores; --quick about 1.",
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs of every case")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON document here")
