@@ -101,6 +101,7 @@ async def test_metrics_readiness_and_state_through_a_day_of_work(ops_node: Node)
     assert value(samples, "xpu_bridge_devices", resource=BLUE, state="allocated") == 1
     assert value(samples, "xpu_bridge_devices", resource=BLUE, state="free") == 3
     assert value(samples, "xpu_bridge_host_agent_up") == 1
+    assert value(samples, "xpu_bridge_ready") == 1
     assert value(samples, "xpu_bridge_build_info", version=package_version()) == 1
 
     await node.agent.stop()
@@ -111,6 +112,7 @@ async def test_metrics_readiness_and_state_through_a_day_of_work(ops_node: Node)
     await eventually(lambda: all(d.health == "Unhealthy" for d in node.kubelet.devices(RED)))
     samples = await scrape(port)
     assert value(samples, "xpu_bridge_host_agent_up") == 0
+    assert value(samples, "xpu_bridge_ready") == 0
     assert value(samples, "xpu_bridge_devices", resource=RED, state="unhealthy") == 12
     assert value(samples, "xpu_bridge_opi_requests_total", method="ListBridgePorts",
                  code="UNAVAILABLE") >= 1  # fmt: skip

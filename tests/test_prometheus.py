@@ -166,6 +166,8 @@ def test_the_agent_outage_shows_and_ends(scraped: ScrapedNode) -> None:
     window = scraped.window()
     assert prometheus.value(f"min_over_time(xpu_bridge_host_agent_up[{window}])") == 0
     assert prometheus.value("xpu_bridge_host_agent_up") == 1
+    assert prometheus.value(f"min_over_time(xpu_bridge_ready[{window}])") == 0
+    assert prometheus.value("xpu_bridge_ready") == 1
     unhealthy = prometheus.values(
         f'max_over_time(xpu_bridge_devices{{state="unhealthy"}}[{window}])', "resource"
     )

@@ -48,6 +48,8 @@ class StateSnapshot:
     held_back: dict[str, int]
     repairs: dict[str, int]
     failing_creates: int = 0
+    ready: bool = False
+    """What /readyz answers: every pool registered and the agent usable."""
     prewarmed: dict[str, int] = field(default_factory=dict)
     """resource -> prewarmed ports now (every served pool, 0 included)."""
     prewarm_taken: dict[str, int] = field(default_factory=dict)
@@ -74,6 +76,11 @@ class _StateCollector(Collector):
             "xpu_bridge_host_agent_up",
             "1 when the OPI host agent answered the last reconcile pass",
             value=1 if state.host_agent_up else 0,
+        )
+        yield GaugeMetricFamily(
+            "xpu_bridge_ready",
+            "1 while /readyz answers ready (every pool registered, the host agent usable)",
+            value=1 if state.ready else 0,
         )
         yield GaugeMetricFamily(
             "xpu_bridge_host_agent_failing_creates",

@@ -114,6 +114,7 @@ class NodeStatus:
             held_back=dict(self._releases.held_back),
             repairs=dict(self._releases.repairs),
             failing_creates=self._agent.failing_creates(),
+            ready=self.not_ready() is None,
             prewarmed={pool.resource_name: 0 for pool in self._pools} | self._prewarmed.counts(),
             prewarm_taken={pool.resource_name: 0 for pool in self._pools}
             | dict(self._prewarmed.taken),
